@@ -1,0 +1,337 @@
+"""Frozen backbones: configuration from a checkpoint, parameter conversion, porting, loading.
+
+Two families share one interface:
+  * EDM (`EDMPrecond`, `VPPrecond`, `VEPrecond` around SongUNet or DhariwalUNet) — `edm.py`;
+  * EDM2 (`Precond` around the magnitude-preserving UNet) — `edm2.py`.
+
+`denoise(params, x, sigma, labels, config=...)` is the pure function every sampler and method
+consumes; `Backbone` bundles params, config and the provenance manifest for convenience.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aid_jax.backbones import edm, edm2
+
+Config = edm.EDMConfig | edm2.EDM2Config
+MANIFEST = "manifest.json"
+PARAMS_DIR = "params"
+FORMAT_VERSION = 1
+
+
+class BackboneError(ValueError):
+    """A checkpoint or input that does not fit the backbone; the message says what was expected."""
+
+
+def config_from_checkpoint(
+    class_name: str | None, init_kwargs: Mapping | None, source=""
+) -> Config:
+    """The static network config from a preconditioner class name and its `_init_kwargs`."""
+    where = f"{source}: " if source else ""
+    if class_name is None or init_kwargs is None:
+        raise BackboneError(
+            f"{where}the checkpoint does not record its architecture (no network object with "
+            "_init_kwargs). Give an NVIDIA network pickle, or a folder written by "
+            "`python -m aid_jax.port`."
+        )
+    try:
+        if class_name in edm.PRECONDS:
+            return edm.EDMConfig.from_init_kwargs(class_name, init_kwargs)
+        if class_name == "Precond":
+            return edm2.EDM2Config.from_init_kwargs(dict(init_kwargs))
+    except (TypeError, ValueError) as e:
+        raise BackboneError(f"{where}{e}") from e
+    raise BackboneError(
+        f"{where}unknown architecture {class_name!r}; supported: {list(edm.PRECONDS)} (EDM) and "
+        "'Precond' (EDM2)"
+    )
+
+
+def family(config: Config):
+    return edm2 if isinstance(config, edm2.EDM2Config) else edm
+
+
+def class_name(config: Config) -> str:
+    return "Precond" if isinstance(config, edm2.EDM2Config) else config.precond
+
+
+def init_kwargs(config: Config) -> dict:
+    if isinstance(config, edm2.EDM2Config):
+        return {
+            f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
+            for f in dataclasses.fields(config)
+        }
+    return config.init_kwargs()
+
+
+def state_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    return family(config).state_shapes(config)
+
+
+def num_params(config: Config) -> int:
+    return family(config).num_params(config)
+
+
+def validate_state(state: Mapping[str, np.ndarray], config: Config, source: str = "") -> None:
+    """Missing keys, extra keys and shape mismatches, each named with what was expected."""
+    where = f"{source}: " if source else ""
+    expected = state_shapes(config)
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s), e.g. {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected {len(extra)} key(s), e.g. {extra[:3]}")
+        raise BackboneError(
+            f"{where}state dict does not fit {class_name(config)} with the recorded architecture "
+            f"({'; '.join(parts)}). Is this the checkpoint the architecture arguments describe?"
+        )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != tuple(shape):
+            raise BackboneError(
+                f"{where}tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)} "
+                "for the recorded architecture"
+            )
+    if isinstance(config, edm.EDMConfig):
+        try:
+            edm.check_buffers(state, config, source or "checkpoint")
+        except ValueError as e:
+            raise BackboneError(str(e)) from e
+
+
+def params_from_state(state: Mapping[str, np.ndarray], config: Config, source: str = "") -> dict:
+    """Validated torch state dict -> float32 params pytree (NHWC layouts, torch-mirroring names)."""
+    validate_state(state, config, source)
+    if isinstance(config, edm2.EDM2Config):
+        return edm2.params_from_state(state, config)
+    return edm.to_params(state, config)
+
+
+def init_params(key: jax.Array, config: Config) -> dict:
+    """Random parameters of the right structure (benchmarks, smoke configs)."""
+    return params_from_state(family(config).init_state(key, config), config)
+
+
+def denoise(params, x, sigma, labels=None, *, config: Config) -> jax.Array:
+    """D(x; σ): x [B, H, W, C] float32 NHWC, sigma [B] (or scalar), labels [B, label_dim] or None.
+
+    Shapes are checked at trace time, so the checks cost nothing under `jax.jit`.
+    """
+    res, ch, label_dim = _io_dims(config)
+    if x.ndim != 4 or x.shape[1:] != (res, res, ch):
+        raise BackboneError(
+            f"x has shape {tuple(x.shape)}; this backbone expects [B, {res}, {res}, {ch}] (NHWC)"
+        )
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
+    if labels is not None:
+        if not label_dim:
+            raise BackboneError("labels were given but this backbone is unconditional")
+        if (
+            labels.ndim != 2
+            or labels.shape[1] != label_dim
+            or labels.shape[0] not in (1, x.shape[0])
+        ):
+            raise BackboneError(
+                f"labels have shape {tuple(labels.shape)}; expected [B, {label_dim}] one-hot"
+            )
+    if isinstance(config, edm2.EDM2Config):
+        return edm2.denoise(params, x, sigma, labels, config)
+    return edm.denoise(params, x, sigma, labels, config)
+
+
+def _io_dims(config: Config) -> tuple[int, int, int]:
+    return config.img_resolution, config.img_channels, config.label_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone objects, porting and loading.
+
+
+@dataclasses.dataclass
+class Backbone:
+    """A frozen denoiser: `params` (float32 pytree), static `config`, provenance `manifest`."""
+
+    params: dict
+    config: Config
+    manifest: dict
+
+    def __post_init__(self):
+        self._denoise = jax.jit(functools.partial(denoise, config=self.config))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(getattr(self.config, "sigma_min", 0.0))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(getattr(self.config, "sigma_max", float("inf")))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        res, ch, _ = _io_dims(self.config)
+        return res, res, ch
+
+    def denoise(self, x, sigma, labels=None) -> jax.Array:
+        """D(x; σ) with x [B, H, W, C] NHWC float32 and σ of shape [B] (jit-compiled)."""
+        return self._denoise(self.params, jnp.asarray(x, jnp.float32), sigma, labels)
+
+    def denoise_fn(self, labels=None):
+        """A pure closure `D(x, sigma)` for samplers (usable inside `jax.jit`)."""
+        params, config = self.params, self.config
+        return lambda x, sigma: denoise(params, x, sigma, labels, config=config)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def backbone_from_checkpoint(path: str | os.PathLike, *, network_key: str = "ema") -> Backbone:
+    """Read an NVIDIA `.pkl` (or a torch/safetensors state dict with its architecture) safely."""
+    from aid_jax.backbones.checkpoint_reader import read_checkpoint
+
+    path = pathlib.Path(path)
+    ckpt = read_checkpoint(path, network_key=network_key)
+    config = config_from_checkpoint(ckpt.class_name, ckpt.init_kwargs, source=str(path))
+    state = ckpt.state
+    dtypes = sorted({str(np.asarray(v).dtype) for v in state.values()})
+    params = params_from_state(state, config, source=str(path))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source_name": path.name,
+        "source_format": ckpt.format,
+        "sha256": ckpt.extras.get("sha256") or _sha256(path),
+        "class_name": class_name(config),
+        "init_kwargs": init_kwargs(config),
+        "num_params": num_params(config),
+        "num_tensors": len(state),
+        "source_dtypes": dtypes,
+        "param_dtype": "float32",
+    }
+    for name in ("loss_fn", "dataset_kwargs"):
+        if name in ckpt.extras:
+            manifest[name] = _jsonable(ckpt.extras[name])
+    return Backbone(params=params, config=config, manifest=manifest)
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float | int | str | bool) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def save_backbone(backbone: Backbone, directory: str | os.PathLike) -> pathlib.Path:
+    """Write `directory/params` (Orbax) and `directory/manifest.json`."""
+    from aid_jax import checkpoint
+
+    directory = pathlib.Path(directory)
+    if (directory / MANIFEST).exists() or (directory / PARAMS_DIR).exists():
+        raise FileExistsError(f"{directory} already holds a ported backbone; choose a new folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_pytree(directory / PARAMS_DIR, backbone.params)
+    manifest = dict(backbone.manifest)
+    manifest["ported_param_count"] = int(sum(np.size(a) for a in jax.tree.leaves(backbone.params)))
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return directory
+
+
+def load_ported(directory: str | os.PathLike) -> Backbone:
+    """Load a folder written by `save_backbone` / `python -m aid_jax.port`."""
+    from aid_jax import checkpoint
+
+    directory = pathlib.Path(directory)
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise BackboneError(
+            f"{directory}: no {MANIFEST}; this is not a ported backbone folder. Create one with "
+            f"`python -m aid_jax.port SRC.pkl {directory}`"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise BackboneError(
+            f"{manifest_path}: corrupt manifest ({e}); port the source again"
+        ) from e
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BackboneError(
+            f"{manifest_path}: format_version {manifest.get('format_version')!r}, this aid_jax "
+            f"reads {FORMAT_VERSION}; port the source again"
+        )
+    config = config_from_checkpoint(
+        manifest.get("class_name"), manifest.get("init_kwargs"), source=str(manifest_path)
+    )
+    like = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
+        param_shapes(config),
+        is_leaf=lambda s: isinstance(s, tuple),
+    )
+    try:
+        params = checkpoint.restore_pytree(directory / PARAMS_DIR, like)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+        raise BackboneError(
+            f"{directory / PARAMS_DIR}: cannot restore parameters for the architecture in the "
+            f"manifest ({type(e).__name__}: {e}). The folder is incomplete or corrupt; port again."
+        ) from e
+    return Backbone(params=params, config=config, manifest=manifest)
+
+
+def param_shapes(config: Config) -> dict:
+    """Nested dict of the params' shapes, derived from the torch shapes by the conversion rules
+    (OIHW -> HWIO, [out, in] -> [in, out], resample-filter buffers dropped)."""
+    tree: dict = {}
+    for key, shape in state_shapes(config).items():
+        parts = key.split(".")
+        if parts[-1] == "resample_filter":
+            continue
+        if parts[-1] == "weight" and len(shape) == 4:
+            shape = (shape[2], shape[3], shape[1], shape[0])
+        elif parts[-1] == "weight" and len(shape) == 2:
+            shape = (shape[1], shape[0])
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = tuple(shape)
+    return tree
+
+
+def load_backbone(path: str | os.PathLike, *, network_key: str = "ema") -> Backbone:
+    """Load a frozen backbone from a ported folder or a raw checkpoint (never executing its code).
+
+    Args:
+      path: a folder written by `python -m aid_jax.port` (holding `manifest.json`), or an NVIDIA
+        network pickle (`edm-*.pkl`, `edm2-*.pkl`).
+      network_key: which network of an NVIDIA pickle to load (`'ema'`).
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        return load_ported(path)
+    if not path.exists():
+        raise BackboneError(
+            f"{path}: no such file or folder. Give a ported folder (python -m aid_jax.port) or an "
+            "NVIDIA .pkl checkpoint."
+        )
+    return backbone_from_checkpoint(path, network_key=network_key)

@@ -1,0 +1,37 @@
+"""The project's one wrapper around Orbax (so a move to the Orbax v1 API is a one-file change)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def save_pytree(directory: str | os.PathLike, tree) -> None:
+    """Write a pytree of arrays as an Orbax checkpoint at `directory` (must not exist)."""
+    directory = pathlib.Path(directory).absolute()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory, tree)
+        checkpointer.wait_until_finished()
+
+
+def restore_pytree(directory: str | os.PathLike, like=None):
+    """Read an Orbax pytree checkpoint into NumPy arrays.
+
+    Args:
+      directory: the checkpoint folder written by `save_pytree`.
+      like: optional pytree with the expected structure, shapes and dtypes (arrays or
+        `jax.ShapeDtypeStruct`); Orbax then refuses checkpoints that do not match it.
+    """
+    directory = pathlib.Path(directory).absolute()
+    with ocp.StandardCheckpointer() as checkpointer:
+        if like is None:
+            meta = checkpointer.metadata(directory).item_metadata
+            like = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
+        else:
+            like = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), like)
+        tree = checkpointer.restore(directory, like)
+    return jax.tree.map(np.asarray, tree)

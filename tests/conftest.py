@@ -1,0 +1,31 @@
+"""Test configuration: CPU only, eight fake devices, strict dtype promotion, highest precision.
+
+The flags must be set before JAX initialises its backend, hence at import time.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_threefry_partitionable", True)
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+TESTDATA = pathlib.Path(__file__).parent / "testdata"
+
+
+@pytest.fixture
+def testdata() -> pathlib.Path:
+    return TESTDATA
+
+
+@pytest.fixture
+def key() -> jax.Array:
+    return jax.random.key(0)
