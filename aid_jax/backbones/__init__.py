@@ -1,0 +1,25 @@
+"""Frozen EDM / EDM2 backbones: safe loading, porting and pure-function denoisers."""
+
+from aid_jax.backbones.loader import (
+    Backbone,
+    BackboneError,
+    config_from_checkpoint,
+    denoise,
+    init_params,
+    load_backbone,
+    num_params,
+    params_from_state,
+    save_backbone,
+)
+
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "config_from_checkpoint",
+    "denoise",
+    "init_params",
+    "load_backbone",
+    "num_params",
+    "params_from_state",
+    "save_backbone",
+]

@@ -186,8 +186,12 @@ def check_buffers(state: Mapping[str, np.ndarray], cfg: EDMConfig, source: str) 
             )
 
 
-def denoise(params, x, sigma, labels, cfg: EDMConfig) -> jax.Array:
-    """D(x; σ) for EDMPrecond / VPPrecond / VEPrecond. x [B, H, W, C]; sigma [B]."""
+def denoise(params, x, sigma, labels, cfg: EDMConfig, compute_dtype=jnp.float32) -> jax.Array:
+    """D(x; σ) for EDMPrecond / VPPrecond / VEPrecond. x [B, H, W, C]; sigma [B].
+
+    `compute_dtype` (e.g. bfloat16) applies inside F only: preconditioning, GroupNorm statistics,
+    attention softmax and D itself stay float32 (as EDM does with use_fp16).
+    """
     x = x.astype(jnp.float32)
     sigma = jnp.asarray(sigma, jnp.float32).reshape(-1, 1, 1, 1)
     if cfg.label_dim:
@@ -214,7 +218,9 @@ def denoise(params, x, sigma, labels, cfg: EDMConfig) -> jax.Array:
         c_out = sigma
         c_in = jnp.ones_like(sigma)
         c_noise = jnp.log(0.5 * sigma)
-    f = _net_module(cfg).apply(params["model"], c_in * x, c_noise.reshape(-1), labels, cfg.net)
+    f = _net_module(cfg).apply(
+        params["model"], (c_in * x).astype(compute_dtype), c_noise.reshape(-1), labels, cfg.net
+    )
     return c_skip * x + c_out * f.astype(jnp.float32)
 
 

@@ -125,10 +125,14 @@ def init_params(key: jax.Array, config: Config) -> dict:
     return params_from_state(family(config).init_state(key, config), config)
 
 
-def denoise(params, x, sigma, labels=None, *, config: Config) -> jax.Array:
+def denoise(
+    params, x, sigma, labels=None, *, config: Config, compute_dtype=jnp.float32
+) -> jax.Array:
     """D(x; σ): x [B, H, W, C] float32 NHWC, sigma [B] (or scalar), labels [B, label_dim] or None.
 
     Shapes are checked at trace time, so the checks cost nothing under `jax.jit`.
+    `compute_dtype` (float32 or bfloat16) is the dtype inside the network body; the
+    preconditioning and D are float32 either way.
     """
     res, ch, label_dim = _io_dims(config)
     if x.ndim != 4 or x.shape[1:] != (res, res, ch):
@@ -149,7 +153,7 @@ def denoise(params, x, sigma, labels=None, *, config: Config) -> jax.Array:
             )
     if isinstance(config, edm2.EDM2Config):
         return edm2.denoise(params, x, sigma, labels, config)
-    return edm.denoise(params, x, sigma, labels, config)
+    return edm.denoise(params, x, sigma, labels, config, compute_dtype)
 
 
 def _io_dims(config: Config) -> tuple[int, int, int]:
@@ -284,19 +288,36 @@ def load_ported(directory: str | os.PathLike) -> Backbone:
     config = config_from_checkpoint(
         manifest.get("class_name"), manifest.get("init_kwargs"), source=str(manifest_path)
     )
-    like = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
-        param_shapes(config),
-        is_leaf=lambda s: isinstance(s, tuple),
-    )
     try:
-        params = checkpoint.restore_pytree(directory / PARAMS_DIR, like)
+        params = checkpoint.restore_pytree(directory / PARAMS_DIR)
     except (ValueError, KeyError, FileNotFoundError, OSError) as e:
         raise BackboneError(
-            f"{directory / PARAMS_DIR}: cannot restore parameters for the architecture in the "
-            f"manifest ({type(e).__name__}: {e}). The folder is incomplete or corrupt; port again."
+            f"{directory / PARAMS_DIR}: cannot restore parameters ({type(e).__name__}: {e}). "
+            "The folder is incomplete or corrupt; port the source again."
         ) from e
+    _check_params(params, config, directory / PARAMS_DIR)
     return Backbone(params=params, config=config, manifest=manifest)
+
+
+def _check_params(params, config: Config, source) -> None:
+    """Restored params must have exactly the structure and shapes the manifest's config implies."""
+    expected = dict(_flatten(param_shapes(config)))
+    found = {k: tuple(np.shape(v)) for k, v in _flatten(params)}
+    for key in expected.keys() | found.keys():
+        if expected.get(key) != found.get(key):
+            raise BackboneError(
+                f"{source}: parameter {key} has shape {found.get(key, 'missing')}, expected "
+                f"{expected.get(key, 'absent')} for the architecture in the manifest. The folder "
+                "is inconsistent; port the source again."
+            )
+
+
+def _flatten(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def param_shapes(config: Config) -> dict:

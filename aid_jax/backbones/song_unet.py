@@ -7,6 +7,7 @@ torch's registration order; from it come the state-dict keys and shapes and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 
 import jax
@@ -172,7 +173,7 @@ def apply(params, x, noise_labels, class_labels, cfg: SongUNetConfig) -> jax.Arr
     mapping = dict(m["mapping"])
     emb = noise_embedding(params, noise_labels, cfg).astype(x.dtype)
     if cfg.label_dim:
-        scaled = class_labels.astype(x.dtype) * np.float32(np.sqrt(cfg.label_dim))
+        scaled = class_labels.astype(x.dtype) * math.sqrt(cfg.label_dim)
         emb = emb + mapping["map_label"](params["map_label"], scaled)
     # map_augment is skipped: inference passes no augment labels (equivalent to zeros).
     emb = layers.silu(mapping["map_layer0"](params["map_layer0"], emb))
@@ -188,7 +189,7 @@ def apply(params, x, noise_labels, class_labels, cfg: SongUNetConfig) -> jax.Arr
         elif "aux_skip" in name:
             x = skips[-1] = x + block(p, aux)
         elif "aux_residual" in name:
-            x = skips[-1] = aux = (x + block(p, aux)) / np.float32(np.sqrt(2))
+            x = skips[-1] = aux = (x + block(p, aux)) / math.sqrt(2)
         else:
             x = block(p, x, emb) if isinstance(block, UNetBlock) else block(p, x)
             skips.append(x)

@@ -1,0 +1,29 @@
+"""Entry point: `python -m aid_jax.main --config=configs/<name>.py[:variant] --workdir=runs/x`.
+
+Any config field can be overridden on the command line, e.g. `--config.sampler.num_steps=32`.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
+
+MODES = ("sample",)
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or config.workdir
+    if config.mode == "sample":
+        from aid_jax import generate
+
+        generate.run(config, workdir)
+    else:
+        raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
