@@ -151,16 +151,19 @@ def _expected_buffer(cfg: EDMConfig, key: str) -> np.ndarray | None:
     return None
 
 
-def to_params(state: Mapping[str, np.ndarray], cfg: EDMConfig) -> dict:
+def to_params(state: Mapping[str, np.ndarray], cfg: EDMConfig, *, consume: bool = False) -> dict:
     """Torch-layout state dict -> params pytree (nested dicts named like the torch modules).
 
     Conv kernels OIHW -> HWIO, linear [out, in] -> [in, out], float32. The `resample_filter`
     buffers carry nothing beyond the configured filter: they are checked and dropped. The state
     must have been validated with `validate_state` (done by `aid_jax.backbones.params_from_state`).
+    With `consume=True` entries are removed from `state` (a mutable mapping) as they are converted.
     """
     params: dict = {}
-    for key, value in state.items():
-        value = np.asarray(value)
+    for key in list(state):
+        # consume=True frees each source tensor once converted: porting then needs about one
+        # copy of the weights at a time instead of two.
+        value = np.asarray(state.pop(key) if consume else state[key])
         if key.endswith("resample_filter"):
             continue
         parts = key.split(".")
@@ -245,4 +248,5 @@ def init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]:
             out[name] = 1 + 0.1 * noise
         else:
             out[name] = 0.1 * noise
-    return out
+    # NumPy 2 promotes float32 arrays with float64 scalars: store float32 as real checkpoints do.
+    return {k: v.astype(np.float32) for k, v in out.items()}
