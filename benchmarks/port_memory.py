@@ -45,7 +45,7 @@ CHILD = textwrap.dedent(
 
 
 def build_module_tree(state: dict, class_names: dict[str, str]):
-    """Nest a flat torch state dict into NVIDIA-style persistent modules (ModuleDict for enc/dec)."""
+    """Nest a flat torch state dict into NVIDIA-style persistent modules (enc/dec: ModuleDict)."""
     import ckpt_writer as w
 
     tree: dict = {}

@@ -49,7 +49,8 @@ def test_port_round_trip(testdata, tmp_path, name, capsys):
     # Bit-identical parameters after the Orbax round trip.
     jax.tree.map(np.testing.assert_array_equal, ported.params, direct.params)
     x, sigma, labels, _ = _io(testdata, name)
-    np.testing.assert_array_equal(ported.denoise(x, sigma, labels), direct.denoise(x, sigma, labels))
+    d_ported = ported.denoise(x, sigma, labels)
+    np.testing.assert_array_equal(d_ported, direct.denoise(x, sigma, labels))
     # Porting again into the same folder is refused rather than silently overwriting.
     assert port.main([str(testdata / f"{name}.pkl"), str(dst)]) == 1
     assert "already holds" in capsys.readouterr().err
