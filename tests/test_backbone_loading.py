@@ -159,3 +159,11 @@ def test_bfloat16_compute_is_close_and_returns_float32(testdata, name):
     err = float(np.abs(np.asarray(d) - ref).max() / np.abs(ref).max())
     # bfloat16 has an 8-bit mantissa: errors of ~1e-2 relative are expected, not 1e-5.
     assert 1e-6 < err < 5e-2, err
+
+
+def test_denoise_does_not_retrace(testdata):
+    backbone = load_backbone(testdata / "edm_ddpmpp_tiny.pkl")
+    for seed in range(3):
+        x = jax.random.normal(jax.random.key(seed), (2, 16, 16, 3))
+        backbone.denoise(x, jnp.full((2,), 0.5 + seed))
+    assert backbone._denoise._cache_size() == 1

@@ -259,3 +259,25 @@ def test_init_kwargs_round_trip(testdata):
     again = loader.config_from_checkpoint(config.precond, loader.init_kwargs(config))
     assert again == config
     json.dumps(loader.init_kwargs(config))  # JSON-able for the manifest
+
+
+def test_augment_conditioning(testdata):
+    """map_augment adds W·a to the noise embedding (no bias); zeros = none (the sampler's case)."""
+    meta, state, io = load_fixture(testdata, "edm_ddpmpp_tiny")  # augment_dim 9
+    config = loader.config_from_checkpoint(meta["precond"], meta["init_kwargs"])
+    params = loader.params_from_state(state, config)
+    x = io["x"].transpose(0, 2, 3, 1)
+    fn = jax.jit(lambda p, a: edm.denoise(p, x, io["sigma"], None, config, augment_labels=a))
+    base = np.asarray(fn(params, None))
+    np.testing.assert_array_equal(np.asarray(fn(params, jnp.zeros((3, 9)))), base)
+    aug = jax.random.normal(jax.random.key(0), (3, 9))
+    assert np.abs(np.asarray(fn(params, aug)) - base).max() > 1e-5
+    # Same effect as shifting map_layer0's input by W·a, i.e. its bias by W·a·W0 per image:
+    # check on one image by folding W·a into the noise embedding through map_layer0's bias.
+    shift = np.asarray(aug[:1]) @ params["model"]["map_augment"]["weight"]  # [1, noise]
+    folded = jax.tree.map(lambda a: a, params)
+    folded["model"]["map_layer0"]["bias"] = (
+        params["model"]["map_layer0"]["bias"] + (shift @ params["model"]["map_layer0"]["weight"])[0]
+    )
+    want = np.asarray(fn(folded, None))[:1]
+    np.testing.assert_allclose(np.asarray(fn(params, aug))[:1], want, atol=1e-6)

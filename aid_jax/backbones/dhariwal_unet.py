@@ -106,13 +106,19 @@ def state_shapes(cfg: DhariwalUNetConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def apply(params, x, noise_labels, class_labels, cfg: DhariwalUNetConfig) -> jax.Array:
-    """F(x; c_noise, labels) of DhariwalUNet. x [B, H, W, C] NHWC; noise_labels [B]."""
+def apply(
+    params, x, noise_labels, class_labels, cfg: DhariwalUNetConfig, augment_labels=None
+) -> jax.Array:
+    """F(x; c_noise, labels) of DhariwalUNet. x [B, H, W, C] NHWC; noise_labels [B];
+    `augment_labels` [B, augment_dim] (training only) or None."""
     m = modules(cfg)
     mapping = dict(m["mapping"])
     # ADM keeps [cos, sin] (no swap) and endpoint=False.
     emb = layers.positional_embedding(noise_labels, cfg.model_channels, endpoint=False)
-    emb = layers.silu(mapping["map_layer0"](params["map_layer0"], emb.astype(x.dtype)))
+    emb = emb.astype(x.dtype)
+    if cfg.augment_dim and augment_labels is not None:
+        emb = emb + mapping["map_augment"](params["map_augment"], augment_labels.astype(x.dtype))
+    emb = layers.silu(mapping["map_layer0"](params["map_layer0"], emb))
     emb = mapping["map_layer1"](params["map_layer1"], emb)
     if cfg.label_dim:
         # No bias and no √label_dim factor here, unlike SongUNet.

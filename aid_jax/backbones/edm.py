@@ -189,7 +189,9 @@ def check_buffers(state: Mapping[str, np.ndarray], cfg: EDMConfig, source: str) 
             )
 
 
-def denoise(params, x, sigma, labels, cfg: EDMConfig, compute_dtype=jnp.float32) -> jax.Array:
+def denoise(
+    params, x, sigma, labels, cfg: EDMConfig, compute_dtype=jnp.float32, augment_labels=None
+) -> jax.Array:
     """D(x; σ) for EDMPrecond / VPPrecond / VEPrecond. x [B, H, W, C]; sigma [B].
 
     `compute_dtype` (e.g. bfloat16) applies inside F only: preconditioning, GroupNorm statistics,
@@ -222,7 +224,12 @@ def denoise(params, x, sigma, labels, cfg: EDMConfig, compute_dtype=jnp.float32)
         c_in = jnp.ones_like(sigma)
         c_noise = jnp.log(0.5 * sigma)
     f = _net_module(cfg).apply(
-        params["model"], (c_in * x).astype(compute_dtype), c_noise.reshape(-1), labels, cfg.net
+        params["model"],
+        (c_in * x).astype(compute_dtype),
+        c_noise.reshape(-1),
+        labels,
+        cfg.net,
+        augment_labels=augment_labels,
     )
     return c_skip * x + c_out * f.astype(jnp.float32)
 

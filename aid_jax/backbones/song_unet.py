@@ -167,15 +167,22 @@ def noise_embedding(params, noise_labels, cfg: SongUNetConfig) -> jax.Array:
     return jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)
 
 
-def apply(params, x, noise_labels, class_labels, cfg: SongUNetConfig) -> jax.Array:
-    """F(x; c_noise, labels) of SongUNet. x [B, H, W, C] NHWC; noise_labels [B]."""
+def apply(
+    params, x, noise_labels, class_labels, cfg: SongUNetConfig, augment_labels=None
+) -> jax.Array:
+    """F(x; c_noise, labels) of SongUNet. x [B, H, W, C] NHWC; noise_labels [B].
+
+    `augment_labels` [B, augment_dim] condition on EDM's augmentation pipeline (training only;
+    samplers pass none, which is the same as zeros).
+    """
     m = modules(cfg)
     mapping = dict(m["mapping"])
     emb = noise_embedding(params, noise_labels, cfg).astype(x.dtype)
     if cfg.label_dim:
         scaled = class_labels.astype(x.dtype) * math.sqrt(cfg.label_dim)
         emb = emb + mapping["map_label"](params["map_label"], scaled)
-    # map_augment is skipped: inference passes no augment labels (equivalent to zeros).
+    if cfg.augment_dim and augment_labels is not None:
+        emb = emb + mapping["map_augment"](params["map_augment"], augment_labels.astype(x.dtype))
     emb = layers.silu(mapping["map_layer0"](params["map_layer0"], emb))
     emb = layers.silu(mapping["map_layer1"](params["map_layer1"], emb))
 
