@@ -13,9 +13,12 @@ import orbax.checkpoint as ocp
 def save_pytree(directory: str | os.PathLike, tree) -> None:
     """Write a pytree of arrays as an Orbax checkpoint at `directory` (must not exist)."""
     directory = pathlib.Path(directory).absolute()
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory, tree)
-        checkpointer.wait_until_finished()
+    # Synchronous and uncompressed on purpose: the async checkpointer snapshots every array
+    # first, and zstd over float weights (which barely compress) buffers another copy. Porting a
+    # 236 MiB pickle peaked at 2.85x the file size with the defaults (benchmarks/port_memory.py).
+    handler = ocp.PyTreeCheckpointHandler(use_compression=False)
+    with ocp.Checkpointer(handler) as checkpointer:
+        checkpointer.save(directory, args=ocp.args.PyTreeSave(tree))
 
 
 def restore_pytree(directory: str | os.PathLike, like=None):
