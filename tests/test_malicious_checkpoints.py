@@ -687,3 +687,20 @@ def test_exponential_module_dag_is_capped(tmp_path):
     with pytest.raises(CheckpointError, match="too large"):
         read_checkpoint(path)
     assert time.perf_counter() - start < 10
+
+
+LIVE_CONTROLS = ["os_system_p4_stack_global", "posix_system_p3", "builtins_exec_p4_global_opcode"]
+
+
+@pytest.mark.parametrize("case_id", LIVE_CONTROLS)
+def test_payloads_are_live_under_plain_pickle(case_id, tmp_path):
+    """Positive control: the same bytes, handed to plain `pickle.loads` in a child process, do
+    create the marker. So the corpus is genuinely malicious and `not marker.exists()` above is a
+    check that can fail."""
+    case = next(c for c in CASES if c.id == case_id)
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(case.build(marker))
+    code = f"import pickle; pickle.loads(open({str(path)!r}, 'rb').read())"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, timeout=60, capture_output=True)
+    assert marker.exists()
