@@ -30,7 +30,6 @@ from aid_jax.backbones.checkpoint_reader import (
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
 TORCH_SAVED = TESTDATA / "torch_saved"
-SHARED_FIXTURES = pathlib.Path(__file__).parents[1].parent / "shared" / "fixtures"
 FIXTURES = {"edm_ddpmpp_tiny": "EDMPrecond", "edm2_tiny_cond": "Precond"}
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -381,12 +380,11 @@ def test_safetensors_round_trip(tmp_path):
     assert ck.extras["__metadata__"] == meta and "metadata" not in ck.extras
 
 
-def test_shared_diffusers_safetensors_fixture():
-    path = SHARED_FIXTURES / "sd_vae_tiny" / "diffusion_pytorch_model.safetensors"
-    if not path.exists():
-        pytest.skip("shared fixtures not available")
+def test_diffusers_safetensors_fixture():
+    """The diffusers `sd_vae_tiny` folder (written by diffusers 0.42.1) equals its .npz state."""
+    path = TESTDATA / "sd_vae_tiny" / "diffusion_pytorch_model.safetensors"
     ck = read_checkpoint(path)
-    ref = _npz_state(SHARED_FIXTURES / "sd_vae_tiny.npz")
+    ref = _npz_state(TESTDATA / "sd_vae_tiny.npz")
     assert ck.extras["__metadata__"] == {"format": "pt"}
     assert sorted(ck.state) == sorted(ref)
     _assert_bit_exact(collections.OrderedDict((k, ck.state[k]) for k in ref), ref)
