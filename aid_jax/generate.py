@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 
@@ -79,10 +80,14 @@ def run(config, workdir: str) -> dict:
         "backbone": backbone.manifest.get("source_name"),
         "num_images": int(num),
         "nfe": sampling.nfe(scfg),
-        "sampler": scfg.__dict__,
+        # Strict JSON has no Infinity (S_max defaults to ∞): write non-finite floats as strings.
+        "sampler": {
+            k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in scfg.__dict__.items()
+        },
         "seconds": seconds,
         "finite": bool(np.isfinite(x).all()),
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     print(f"wrote {workdir / 'samples.png'} ({num} images, NFE {summary['nfe']}, {seconds:.1f} s)")
     return summary
