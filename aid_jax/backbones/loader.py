@@ -198,7 +198,12 @@ class Backbone:
         return self._denoise(self.params, jnp.asarray(x, jnp.float32), sigma, labels)
 
     def denoise_fn(self, labels=None):
-        """A pure closure `D(x, sigma)` for samplers (usable inside `jax.jit`)."""
+        """A closure `D(x, sigma)` for samplers.
+
+        It captures the parameters, so a jitted caller bakes them in as constants: fine for
+        small backbones. For large ones, pass `params` as a jit argument and build the closure
+        inside (as `aid_jax.generate` does).
+        """
         params, config = self.params, self.config
         return lambda x, sigma: denoise(params, x, sigma, labels, config=config)
 
