@@ -38,3 +38,37 @@ def restore_pytree(directory: str | os.PathLike, like=None):
             like = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), like)
         tree = checkpointer.restore(directory, like)
     return jax.tree.map(np.asarray, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints: a CheckpointManager holding the train state and a JSON metadata item.
+
+
+def make_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def save_train_state(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+    """Save (state, meta) at `step` and wait, so a kill right after loses nothing."""
+    manager.save(
+        int(step),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
+    manager.wait_until_finished()
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state):
+    """(step, state, meta) of the newest checkpoint, or None when there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return step, restored["state"], restored["meta"]

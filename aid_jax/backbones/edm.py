@@ -257,3 +257,35 @@ def init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]:
             out[name] = 0.1 * noise
     # NumPy 2 promotes float32 arrays with float64 scalars: store float32 as real checkpoints do.
     return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def training_init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]:
+    """SongUNet initialisation for training from scratch, after EDM's scheme: Xavier-uniform
+    weights, zero biases, GroupNorm scale 1, the last conv of each block (`conv1`), the attention
+    output (`proj`) and the output convs (`aux_conv`) scaled by 1e-5 so every residual branch
+    starts near zero, qkv scaled by √0.2, Fourier frequencies N(0, 16²)."""
+    if cfg.model_type != "SongUNet":
+        raise ValueError(f"training init is implemented for SongUNet, not {cfg.model_type}")
+    out = {}
+    shapes = state_shapes(cfg)
+    keys = jax.random.split(key, len(shapes))
+    for k, (name, shape) in zip(keys, shapes.items(), strict=True):
+        expected = _expected_buffer(cfg, name)
+        parts = name.split(".")
+        if expected is not None:
+            out[name] = expected.astype(np.float32)
+        elif parts[-1] == "freqs":
+            out[name] = 16 * np.asarray(jax.random.normal(k, shape, jnp.float32))
+        elif parts[-1] == "bias" or (parts[-2].startswith("norm") or parts[-2].endswith("_norm")):
+            out[name] = np.ones(shape, np.float32) if parts[-1] == "weight" else np.zeros(shape)
+        else:  # weight of a Linear [out, in] or Conv2d [out, in, k, k]
+            receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+            fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+            bound = np.sqrt(6 / (fan_in + fan_out))
+            w = bound * np.asarray(jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0))
+            if parts[-2] in ("conv1", "proj") or parts[-2].endswith("_aux_conv"):
+                w = w * 1e-5
+            elif parts[-2] == "qkv":
+                w = w * np.sqrt(0.2)
+            out[name] = w
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}

@@ -245,6 +245,17 @@ def backbone_from_checkpoint(path: str | os.PathLike, *, network_key: str = "ema
     return Backbone(params=params, config=config, manifest=manifest)
 
 
+def tree_sha256(params) -> str:
+    """sha256 over the params' key paths, shapes, dtypes and bytes (independent of Orbax's
+    file layout), so a loaded backbone can be checked against its manifest."""
+    h = hashlib.sha256()
+    for key, value in sorted(_flatten(params)):
+        a = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{key}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _jsonable(obj):
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -270,6 +281,7 @@ def save_backbone(backbone: Backbone, directory: str | os.PathLike) -> pathlib.P
     checkpoint.save_pytree(directory / PARAMS_DIR, backbone.params)
     manifest = dict(backbone.manifest)
     manifest["ported_param_count"] = int(sum(np.size(a) for a in jax.tree.leaves(backbone.params)))
+    manifest["params_sha256"] = tree_sha256(backbone.params)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return directory
 
@@ -307,6 +319,12 @@ def load_ported(directory: str | os.PathLike) -> Backbone:
             "The folder is incomplete or corrupt; port the source again."
         ) from e
     _check_params(params, config, directory / PARAMS_DIR)
+    expected_sha = manifest.get("params_sha256")
+    if expected_sha is not None and tree_sha256(params) != expected_sha:
+        raise BackboneError(
+            f"{directory / PARAMS_DIR}: parameters do not match the manifest's params_sha256; "
+            "the files are corrupt. Port or export the backbone again."
+        )
     return Backbone(params=params, config=config, manifest=manifest)
 
 

@@ -1,0 +1,303 @@
+"""EDM training of a backbone (the embedded default is a SongUNet on Fashion-MNIST).
+
+    python -m aid_jax.main --config=configs/pretrain_fashion_mnist.py --workdir=runs/pretrain
+
+One readable trainer in banner sections (big_vision style): config -> mesh -> data -> model and
+optimiser -> update step -> restore -> loop. The batch of step s is a pure function of (seed, s)
+and the PRNG key of step s is fold_in(key, s), so a run killed at any moment resumes from its last
+checkpoint and continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from aid_jax import checkpoint, images, losses, sampling, sharding
+from aid_jax.backbones import edm, loader
+from aid_jax.data import pipeline, sources
+from aid_jax.writers import MetricWriter
+
+# Config groups that define the run: resuming with different values is an error.
+RUN_DEFINING = ("seed", "model", "data", "optim", "loss", "train.batch_size")
+
+
+class ResumeError(ValueError):
+    """The workdir holds a run made with another configuration."""
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node.to_dict() if hasattr(node, "to_dict") else node
+
+
+def run_fingerprint(config) -> dict:
+    return json.loads(json.dumps({k: _get(config, k) for k in RUN_DEFINING}, default=str))
+
+
+def backbone_config(config) -> edm.EDMConfig:
+    kwargs = dict(config.model.to_dict())
+    precond = kwargs.pop("precond", "EDMPrecond")
+    return edm.EDMConfig.from_init_kwargs(precond, kwargs)
+
+
+def learning_rate(config, step):
+    """Adam learning rate with a linear warm-up over `optim.warmup_steps`."""
+    warmup = max(int(config.optim.warmup_steps), 1)
+    return config.optim.lr * jnp.minimum((step + 1) / warmup, 1.0)
+
+
+def ema_beta(config, step):
+    """EDM's EMA: half-life in images, ramped up as a fraction of the images seen so far."""
+    batch = config.train.batch_size
+    seen = (step + 1) * batch
+    halflife = jnp.minimum(config.optim.ema_halflife_images, config.optim.ema_rampup * seen)
+    return 0.5 ** (batch / jnp.maximum(halflife, 1e-8))
+
+
+def make_train_step(config, net: edm.EDMConfig, tx: optax.GradientTransformation):
+    """One optimisation step: (state, images, key) -> (state, metrics). Pure; jit at the caller."""
+
+    def loss_fn(params, batch_images, key):
+        def denoise(x, sigma):
+            return edm.denoise(params, x, sigma, None, net)
+
+        return losses.edm_loss(
+            denoise,
+            batch_images,
+            key,
+            P_mean=config.loss.P_mean,
+            P_std=config.loss.P_std,
+            sigma_data=net.sigma_data,
+        )
+
+    def train_step(state, batch_images, base_key):
+        step = state["step"]
+        key = jax.random.fold_in(base_key, step)  # deterministic, nothing stored
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], batch_images, key
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        lr_scale = learning_rate(config, step) / config.optim.lr
+        updates = jax.tree.map(lambda u: u * lr_scale, updates)
+        params = optax.apply_updates(state["params"], updates)
+        beta = ema_beta(config, step)
+        ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state["ema"], params)
+        metrics = dict(
+            metrics,
+            grad_norm=optax.global_norm(grads),
+            param_norm=optax.global_norm(params),
+            lr=learning_rate(config, step),
+            ema_beta=beta,
+        )
+        new_state = dict(step=step + 1, params=params, opt_state=opt_state, ema=ema)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    # Adam (EDM: β = 0.9, 0.999, ε = 1e-8); the warm-up multiplies the update in train_step so
+    # the schedule is a visible function of the step; optional global-norm clipping.
+    parts = []
+    if config.optim.grad_clip:
+        parts.append(optax.clip_by_global_norm(config.optim.grad_clip))
+    parts.append(optax.adam(config.optim.lr, b1=0.9, b2=0.999, eps=1e-8))
+    return optax.chain(*parts)
+
+
+def init_state(config, net, tx, key):
+    params = loader.params_from_state(edm.training_init_state(key, net), net)
+    params = jax.tree.map(jnp.asarray, params)
+    return dict(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        ema=jax.tree.map(jnp.copy, params),
+    )
+
+
+def make_sampler(net, num_steps=18):
+    cfg = sampling.SamplerConfig(solver="heun", num_steps=num_steps)
+
+    @jax.jit
+    def draw(params, latents):
+        def denoise(x, sigma):
+            return edm.denoise(params, x, sigma, None, net)
+
+        return sampling.sample(denoise, latents, config=cfg).x
+
+    return draw
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train (or resume) in `workdir`; returns the final state and a summary."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ mesh and data
+    mesh = sharding.make_mesh()
+    source = sources.make_source(config.data)
+    net = backbone_config(config)
+    if source.image_shape != (net.img_resolution, net.img_resolution, net.img_channels):
+        raise ValueError(
+            f"data images are {source.image_shape} but model.img_resolution/img_channels are "
+            f"{net.img_resolution}/{net.img_channels}; set data.pad_to or the model size"
+        )
+    batch = config.train.batch_size
+    if batch % mesh.devices.size:
+        raise ValueError(f"train.batch_size={batch} must divide over {mesh.devices.size} devices")
+
+    # ------------------------------------------------------------------ model and optimiser
+    tx = make_optimizer(config)
+    root_key = jax.random.key(config.seed)
+    init_key, train_key, sample_key = jax.random.split(root_key, 3)
+    state = init_state(config, net, tx, init_key)
+    state = sharding.replicate(state, mesh)
+    replicated = sharding.replicated(mesh)
+    state_sharding = jax.tree.map(lambda _: replicated, state)
+
+    # ------------------------------------------------------------------ update step
+    train_step = jax.jit(
+        make_train_step(config, net, tx),
+        donate_argnums=0,  # the old state's buffers are reused for the new one
+        out_shardings=(state_sharding, replicated),
+    )
+
+    # ------------------------------------------------------------------ restore
+    manager = checkpoint.make_manager(workdir / "checkpoints", max_to_keep=config.train.keep)
+    fingerprint = run_fingerprint(config)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
+    )
+    restored = checkpoint.restore_latest(manager, abstract)
+    if restored is not None:
+        step0, state, meta = restored
+        if meta.get("fingerprint") != fingerprint:
+            diff = [k for k in fingerprint if meta.get("fingerprint", {}).get(k) != fingerprint[k]]
+            raise ResumeError(
+                f"{workdir} holds a run made with a different configuration (differs in {diff}). "
+                "Use a new --workdir, or the original config, to resume."
+            )
+        print(f"resumed from step {step0} in {workdir}")
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+    draw = make_sampler(net, config.train.sample_steps)
+    latents = jax.random.normal(sample_key, (config.train.num_samples, *source.image_shape))
+    stop = {"flag": False}
+
+    def request_stop(signum, frame):  # SIGTERM: finish the step, checkpoint, exit cleanly
+        stop["flag"] = True
+
+    old_handler = signal.signal(signal.SIGTERM, request_stop)
+    start = int(jax.device_get(state["step"]))
+    num_steps = config.train.num_steps
+    meta = dict(fingerprint=fingerprint, date=datetime.datetime.now().isoformat())
+    t0, last_logged = time.perf_counter(), start
+    bar = tqdm(total=num_steps, initial=start, desc="pretrain", unit="step", smoothing=0.05)
+    step = start
+    try:
+        while step < num_steps and not stop["flag"]:
+            host_batch = pipeline.batch_at(
+                source,
+                step,
+                batch_size=batch,
+                seed=config.seed,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+            images_global = jax.make_array_from_process_local_data(
+                sharding.batch_sharding(mesh), host_batch["image"]
+            )
+            state, metrics = train_step(state, images_global, train_key)
+            step += 1
+            bar.update(1)
+            if step % config.train.log_every == 0 or step == num_steps:
+                metrics = jax.device_get(metrics)  # the only host sync, every log_every steps
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; stopping")
+                elapsed = time.perf_counter() - t0
+                metrics["steps_per_s"] = (step - last_logged) / max(elapsed, 1e-9)
+                t0, last_logged = time.perf_counter(), step
+                writer.write_scalars(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if step % config.train.checkpoint_every == 0:
+                checkpoint.save_train_state(manager, step, state, meta)
+            if config.train.sample_every and step % config.train.sample_every == 0:
+                _write_samples(draw, state["ema"], latents, workdir, step, writer)
+    except KeyboardInterrupt:
+        stop["flag"] = True
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, old_handler)
+        # Whatever ended the loop (done, SIGTERM, Ctrl-C, an error), keep the progress made.
+        if manager.latest_step() != step and bool(jnp.isfinite(state["step"])):
+            checkpoint.save_train_state(manager, step, state, meta)
+        manager.close()
+        writer.close()
+    return {"state": state, "step": step, "config": net, "workdir": str(workdir)}
+
+
+def _write_samples(draw, ema_params, latents, workdir, step, writer):
+    x = np.asarray(draw(ema_params, latents))
+    grid = images.grid(images.to_uint8(x))
+    (workdir / "samples").mkdir(exist_ok=True)
+    images.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", upscale=2)
+    writer.write_images(step, {"samples": grid})
+
+
+def export_backbone(config, workdir: str, out: str, *, quality: dict | None = None) -> pathlib.Path:
+    """Write the EMA weights of the newest checkpoint as a ported backbone folder."""
+    net = backbone_config(config)
+    tx = make_optimizer(config)
+    state = jax.eval_shape(lambda: init_state(config, net, tx, jax.random.key(0)))
+    manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
+    restored = checkpoint.restore_latest(manager, state)
+    manager.close()
+    if restored is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint to export; train first")
+    step, state, _ = restored
+    params = jax.tree.map(np.asarray, state["ema"])
+    manifest = dict(
+        format_version=loader.FORMAT_VERSION,
+        source_name=f"aid_jax pretrain {pathlib.Path(workdir).name} step {step}",
+        source_format="aid_jax-train",
+        class_name=net.precond,
+        init_kwargs=net.init_kwargs(),
+        num_params=loader.num_params(net),
+        source_dtypes=["float32"],
+        param_dtype="float32",
+        training=dict(
+            steps=int(step),
+            images_seen=int(step) * config.train.batch_size,
+            config=json.loads(config.to_json_best_effort()),
+            data=dict(config.data.to_dict()),
+        ),
+        quality=quality or {},
+    )
+    backbone = loader.Backbone(params=params, config=net, manifest=manifest)
+    out = pathlib.Path(out)
+    loader.save_backbone(backbone, out)
+    return out
+
+
+__all__ = [
+    "ResumeError",
+    "backbone_config",
+    "export_backbone",
+    "make_train_step",
+    "train_and_evaluate",
+]

@@ -1,0 +1,54 @@
+"""Metric writers: JSON lines always (CI-friendly, greppable), TensorBoard when tensorboardX is
+installed (no TensorFlow needed). clu's writers import TensorFlow, so they are not used."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+
+
+class MetricWriter:
+    """`write_scalars(step, dict)`, `write_images(step, dict)`, `flush()`, `close()`."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True):
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        row = {"step": int(step)}
+        for k, v in scalars.items():
+            v = float(np.asarray(v))
+            row[k] = v if math.isfinite(v) else str(v)
+            if self._tb is not None:
+                self._tb.add_scalar(k, v, int(step))
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+
+    def write_images(self, step: int, images: dict) -> None:
+        """images: name -> uint8 [H, W, C]."""
+        if self._tb is not None:
+            for k, v in images.items():
+                self._tb.add_image(k, np.asarray(v), int(step), dataformats="HWC")
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
