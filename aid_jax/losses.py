@@ -30,6 +30,6 @@ def edm_loss(
     per_image = per_pixel.mean(axis=(1, 2, 3))
     metrics = {"loss": loss}
     for name, lo, hi in (("low", 0.0, 0.2), ("mid", 0.2, 2.0), ("high", 2.0, jnp.inf)):
-        sel = (sigma >= lo) & (sigma < hi)
+        sel = ((sigma >= lo) & (sigma < hi)).astype(jnp.float32)
         metrics[f"loss_sigma_{name}"] = jnp.sum(per_image * sel) / jnp.maximum(jnp.sum(sel), 1)
     return loss, metrics

@@ -55,13 +55,13 @@ def backbone_config(config) -> edm.EDMConfig:
 def learning_rate(config, step):
     """Adam learning rate with a linear warm-up over `optim.warmup_steps`."""
     warmup = max(int(config.optim.warmup_steps), 1)
-    return config.optim.lr * jnp.minimum((step + 1) / warmup, 1.0)
+    return config.optim.lr * jnp.minimum((jnp.asarray(step, jnp.float32) + 1) / warmup, 1.0)
 
 
 def ema_beta(config, step):
     """EDM's EMA: half-life in images, ramped up as a fraction of the images seen so far."""
     batch = config.train.batch_size
-    seen = (step + 1) * batch
+    seen = (jnp.asarray(step, jnp.float32) + 1) * batch
     halflife = jnp.minimum(config.optim.ema_halflife_images, config.optim.ema_rampup * seen)
     return 0.5 ** (batch / jnp.maximum(halflife, 1e-8))
 
@@ -88,7 +88,10 @@ def make_train_step(config, net: edm.EDMConfig, tx: optax.GradientTransformation
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], batch_images, key
         )
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        # optax's bias correction mixes Python floats with int32 counts, which the tests' strict
+        # dtype promotion rejects; the optimiser is not ours, so allow standard promotion here.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         lr_scale = learning_rate(config, step) / config.optim.lr
         updates = jax.tree.map(lambda u: u * lr_scale, updates)
         params = optax.apply_updates(state["params"], updates)
@@ -248,7 +251,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
             checkpoint.save_train_state(manager, step, state, meta)
         manager.close()
         writer.close()
-    return {"state": state, "step": step, "config": net, "workdir": str(workdir)}
+    return {
+        "state": state,
+        "step": step,
+        "config": net,
+        "workdir": str(workdir),
+        "train_step": train_step,
+    }
 
 
 def _write_samples(draw, ema_params, latents, workdir, step, writer):
@@ -263,7 +272,11 @@ def export_backbone(config, workdir: str, out: str, *, quality: dict | None = No
     """Write the EMA weights of the newest checkpoint as a ported backbone folder."""
     net = backbone_config(config)
     tx = make_optimizer(config)
-    state = jax.eval_shape(lambda: init_state(config, net, tx, jax.random.key(0)))
+    # The initialisation runs in NumPy (not traceable), so build the target concretely once.
+    state = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+        init_state(config, net, tx, jax.random.key(0)),
+    )
     manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
     restored = checkpoint.restore_latest(manager, state)
     manager.close()

@@ -1,0 +1,126 @@
+"""EDM training: the loss on hand-computable cases, resume == uninterrupted, sharded == single
+device, no retracing, config mismatch refused, export -> load_backbone."""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from aid_jax import losses, pretrain
+from aid_jax.backbones import load_backbone
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def smoke_config():
+    sys.path.insert(0, str(ROOT))
+    from configs import pretrain_fashion_mnist
+
+    return pretrain_fashion_mnist.get_config("smoke")
+
+
+def test_edm_loss_hand_computed():
+    y = jnp.array([0.5, -1.0, 0.25, 0.0], jnp.float32).reshape(1, 2, 2, 1)
+    # P_std = 0 makes σ = exp(P_mean) exactly; λ(σ) = (σ² + σd²)/(σ σd)².
+    sigma = np.exp(-1.2)
+    lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+    zero = lambda x, s: jnp.zeros_like(x)  # noqa: E731
+    loss, metrics = losses.edm_loss(zero, y, jax.random.key(0), P_mean=-1.2, P_std=0.0)
+    np.testing.assert_allclose(loss, lam * np.mean(np.square(np.asarray(y))), rtol=1e-6)
+    # A denoiser off by a constant c everywhere costs exactly λ c², whatever the noise.
+    off = lambda x, s: jnp.broadcast_to(y + 0.1, x.shape)  # noqa: E731
+    loss, _ = losses.edm_loss(off, y, jax.random.key(1), P_mean=-1.2, P_std=0.0)
+    np.testing.assert_allclose(loss, lam * 0.01, rtol=1e-5)
+    assert set(metrics) >= {"loss", "loss_sigma_low", "loss_sigma_mid", "loss_sigma_high"}
+    # σ in the 'mid' band here (0.30): the other bands are empty and report 0.
+    assert float(metrics["loss_sigma_mid"]) == pytest.approx(float(metrics["loss"]), rel=1e-6)
+    assert float(metrics["loss_sigma_low"]) == 0.0
+
+
+def test_edm_loss_sigma_distribution():
+    """ln σ ~ N(P_mean, P_std²): recover the mean and std from the λ-weighted loss of D = 0."""
+    y = jnp.ones((4096, 1, 1, 1), jnp.float32)
+    seen = []
+
+    def spy(x, s):
+        seen.append(s)
+        return jnp.zeros_like(x)
+
+    losses.edm_loss(spy, y, jax.random.key(2), P_mean=-1.2, P_std=1.2)
+    log_sigma = np.log(np.asarray(seen[0]))
+    assert abs(log_sigma.mean() + 1.2) < 0.06 and abs(log_sigma.std() - 1.2) < 0.05
+
+
+def _leaves_equal(a, b):
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path):
+    config = smoke_config()
+    full = pretrain.train_and_evaluate(config, str(tmp_path / "full"))
+    assert full["step"] == 4 and full["train_step"]._cache_size() == 1  # no retracing
+    config.train.num_steps = 3  # "interrupted" after step 3 (checkpoint_every=2: 2, then 3)
+    pretrain.train_and_evaluate(config, str(tmp_path / "split"))
+    config.train.num_steps = 4
+    resumed = pretrain.train_and_evaluate(config, str(tmp_path / "split"))
+    assert resumed["step"] == 4
+    assert _leaves_equal(full["state"]["params"], resumed["state"]["params"])
+    assert _leaves_equal(full["state"]["ema"], resumed["state"]["ema"])
+    metrics = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 4 and all('"loss"' in m for m in metrics)
+    assert (tmp_path / "full" / "samples" / "step_0000004.png").exists()
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    config = smoke_config()
+    config.train.num_steps = 2
+    pretrain.train_and_evaluate(config, str(tmp_path))
+    config.optim.lr = 1e-2
+    with pytest.raises(pretrain.ResumeError, match="optim"):
+        pretrain.train_and_evaluate(config, str(tmp_path))
+
+
+def test_sharded_step_equals_single_device():
+    config = smoke_config()
+    net = pretrain.backbone_config(config)
+    tx = pretrain.make_optimizer(config)
+    step_fn = pretrain.make_train_step(config, net, tx)
+    state = pretrain.init_state(config, net, tx, jax.random.key(0))
+    images = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1, maxval=1)
+    key = jax.random.key(2)
+    single_state, single_metrics = jax.jit(step_fn)(state, images, key)
+
+    assert jax.device_count() == 8  # tests/conftest.py fakes eight CPU devices
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rep = NamedSharding(mesh, P())
+    sharded_images = jax.device_put(images, NamedSharding(mesh, P("data")))
+    sharded_state = jax.device_put(state, rep)
+    out_state, out_metrics = jax.jit(step_fn, out_shardings=(rep, rep))(
+        sharded_state, sharded_images, key
+    )
+    assert sharded_images.sharding.num_devices == 8
+    np.testing.assert_allclose(out_metrics["loss"], single_metrics["loss"], rtol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(out_state["params"]), jax.tree.leaves(single_state["params"]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_export_loads_as_backbone(tmp_path):
+    config = smoke_config()
+    config.train.num_steps = 2
+    result = pretrain.train_and_evaluate(config, str(tmp_path / "run"))
+    out = pretrain.export_backbone(config, str(tmp_path / "run"), str(tmp_path / "ported"))
+    backbone = load_backbone(out)
+    assert backbone.manifest["training"]["steps"] == 2
+    assert _leaves_equal(backbone.params, result["state"]["ema"])
+    d = backbone.denoise(np.zeros((2, 8, 8, 1), np.float32), jnp.ones(2))
+    assert d.shape == (2, 8, 8, 1) and bool(jnp.isfinite(d).all())
