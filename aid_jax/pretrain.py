@@ -122,13 +122,18 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def init_state(config, net, tx, key):
     params = loader.params_from_state(edm.training_init_state(key, net), net)
-    params = jax.tree.map(jnp.asarray, params)
-    return dict(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        ema=jax.tree.map(jnp.copy, params),
-    )
+
+    # One jitted program builds the whole state (eager per-leaf ops would compile per shape).
+    @jax.jit
+    def assemble(params):
+        return dict(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema=jax.tree.map(jnp.copy, params),
+        )
+
+    return assemble(params)
 
 
 def make_sampler(net, num_steps=18):

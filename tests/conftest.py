@@ -13,6 +13,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_threefry_partitionable", True)
+# Tests run tiny programs once: XLA's optimisation passes cost more compile time than they save.
+jax.config.update("jax_disable_most_optimizations", True)
 
 import pathlib  # noqa: E402
 

@@ -238,14 +238,13 @@ def init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]:
     """Random torch-layout state dict (weights N(0, 0.05²)·, vectors around 0/1), for smoke tests
     and benchmarks. Buffers take their true values."""
     out = {}
-    shapes = state_shapes(cfg)
-    keys = jax.random.split(key, len(shapes))
-    for k, (name, shape) in zip(keys, shapes.items(), strict=True):
+    rng = _numpy_rng(key)
+    for name, shape in state_shapes(cfg).items():
         expected = _expected_buffer(cfg, name)
         if expected is not None:
             out[name] = expected.astype(np.float32)
             continue
-        noise = np.asarray(jax.random.normal(k, shape, jnp.float32))
+        noise = rng.standard_normal(shape, np.float32)
         if name.endswith("freqs"):
             out[name] = 16 * noise
         elif len(shape) >= 2:
@@ -259,6 +258,13 @@ def init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
+def _numpy_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded from a JAX key: initialising tensor by tensor with jax.random
+    would compile one XLA program per distinct shape (~100 for a UNet)."""
+    seed = np.asarray(jax.random.key_data(key)).astype(np.uint64).ravel().tolist()
+    return np.random.default_rng(seed)
+
+
 def training_init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]:
     """SongUNet initialisation for training from scratch, after EDM's scheme: Xavier-uniform
     weights, zero biases, GroupNorm scale 1, the last conv of each block (`conv1`), the attention
@@ -267,22 +273,21 @@ def training_init_state(key: jax.Array, cfg: EDMConfig) -> dict[str, np.ndarray]
     if cfg.model_type != "SongUNet":
         raise ValueError(f"training init is implemented for SongUNet, not {cfg.model_type}")
     out = {}
-    shapes = state_shapes(cfg)
-    keys = jax.random.split(key, len(shapes))
-    for k, (name, shape) in zip(keys, shapes.items(), strict=True):
+    rng = _numpy_rng(key)
+    for name, shape in state_shapes(cfg).items():
         expected = _expected_buffer(cfg, name)
         parts = name.split(".")
         if expected is not None:
             out[name] = expected.astype(np.float32)
         elif parts[-1] == "freqs":
-            out[name] = 16 * np.asarray(jax.random.normal(k, shape, jnp.float32))
+            out[name] = 16 * rng.standard_normal(shape, np.float32)
         elif parts[-1] == "bias" or (parts[-2].startswith("norm") or parts[-2].endswith("_norm")):
             out[name] = np.ones(shape, np.float32) if parts[-1] == "weight" else np.zeros(shape)
         else:  # weight of a Linear [out, in] or Conv2d [out, in, k, k]
             receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
             fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
             bound = np.sqrt(6 / (fan_in + fan_out))
-            w = bound * np.asarray(jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0))
+            w = bound * rng.uniform(-1.0, 1.0, shape).astype(np.float32)
             if parts[-2] in ("conv1", "proj") or parts[-2].endswith("_aux_conv"):
                 w = w * 1e-5
             elif parts[-2] == "qkv":
