@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
+import shutil
 import signal
 import time
 
@@ -184,6 +185,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )
 
     # ------------------------------------------------------------------ restore
+    # Resume order: this workdir's newest checkpoint > train.resume_from (a saved step folder,
+    # e.g. the training state shipped next to the exported backbone) > from scratch.
+    _seed_workdir(workdir, config.train.get("resume_from", ""))
     manager = checkpoint.make_manager(workdir / "checkpoints", max_to_keep=config.train.keep)
     fingerprint = run_fingerprint(config)
     abstract = jax.tree.map(
@@ -263,6 +267,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "workdir": str(workdir),
         "train_step": train_step,
     }
+
+
+def _seed_workdir(workdir: pathlib.Path, resume_from: str) -> None:
+    """Copy a saved step folder into an empty workdir so training continues from it.
+
+    `resume_from` is a step folder (named by its step, holding state/ and meta/) or a folder of
+    such step folders, of which the newest is taken.
+    """
+    ckpts = workdir / "checkpoints"
+    if not resume_from or (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        return
+    src = pathlib.Path(resume_from)
+    if src.is_dir() and not src.name.isdigit():
+        steps = sorted((p for p in src.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        src = steps[-1] if steps else src
+    if not src.is_dir() or not src.name.isdigit() or not (src / "state").is_dir():
+        raise FileNotFoundError(
+            f"train.resume_from={resume_from!r}: expected a checkpoint step folder (named by its "
+            "step, holding state/ and meta/) or a folder of them. Set it to '' to start afresh."
+        )
+    ckpts.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, ckpts / src.name)
+    print(f"seeded {ckpts} with {src}")
 
 
 def _write_samples(draw, ema_params, latents, workdir, step, writer):

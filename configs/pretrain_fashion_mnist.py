@@ -65,6 +65,9 @@ def get_config(arg=None):
             num_samples=64,
             sample_steps=18,
             tensorboard=True,
+            # Step folder to continue from when the workdir is empty (a fresh machine): the
+            # training state committed next to the exported backbone.
+            resume_from="ported_weights/fashion_mnist_32/train_state",
         )
     )
     if arg == "smoke":
@@ -87,6 +90,7 @@ def get_config(arg=None):
             num_samples=4,
             sample_steps=2,
             tensorboard=False,
+            resume_from="",
         )
         config.optim.warmup_steps = 2
     return config

@@ -124,3 +124,24 @@ def test_export_loads_as_backbone(tmp_path):
     assert _leaves_equal(backbone.params, result["state"]["ema"])
     d = backbone.denoise(np.zeros((2, 8, 8, 1), np.float32), jnp.ones(2))
     assert d.shape == (2, 8, 8, 1) and bool(jnp.isfinite(d).all())
+
+
+def test_resume_from_a_saved_step_folder(tmp_path):
+    """A fresh workdir seeded from a committed step folder continues that run exactly."""
+    config = smoke_config()
+    config.train.num_steps = 2
+    pretrain.train_and_evaluate(config, str(tmp_path / "first"))
+    shipped = tmp_path / "train_state"
+    import shutil
+
+    shutil.copytree(tmp_path / "first" / "checkpoints" / "2", shipped / "2")
+    config.train.num_steps = 4
+    config.train.resume_from = str(shipped)
+    seeded = pretrain.train_and_evaluate(config, str(tmp_path / "second"))
+    config.train.resume_from = ""
+    straight = pretrain.train_and_evaluate(config, str(tmp_path / "straight"))
+    assert seeded["step"] == 4
+    assert _leaves_equal(seeded["state"]["params"], straight["state"]["params"])
+    config.train.resume_from = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="resume_from"):
+        pretrain.train_and_evaluate(config, str(tmp_path / "third"))
