@@ -5,9 +5,9 @@ Other backbone: --config.backbone.path=path/to/edm-afhqv2-64x64-uncond-vp.pkl (o
 written by `python -m aid_jax.port`), --config.sampler.num_steps=40.
 Expected: runs/sample/samples.png, samples.npz, summary.json (NFE 2·num_steps − 1 for Heun).
 
-The default backbone is the tiny random-weight EDM fixture shipped with the tests (loaded straight
-from its NVIDIA-format pickle, without executing any code from it): its samples look like
-structured noise. The trained Fashion-MNIST backbone replaces it once it ships in ported_weights/.
+The default backbone is the project's own Fashion-MNIST SongUNet in ported_weights/fashion_mnist_32
+(docs/PRETRAIN.md). The `:smoke` variant samples the tiny random-weight EDM test fixture straight
+from its NVIDIA-format pickle (read without executing any code from it).
 """
 
 import ml_collections
@@ -18,7 +18,7 @@ def get_config(arg=None):
     config.mode = "sample"
     config.seed = 0
     config.workdir = "runs/sample"
-    config.backbone = ml_collections.ConfigDict({"path": "tests/testdata/edm_ddpmpp_tiny.pkl"})
+    config.backbone = ml_collections.ConfigDict({"path": "ported_weights/fashion_mnist_32"})
     config.sampler = ml_collections.ConfigDict(
         dict(
             solver="heun",
@@ -33,9 +33,10 @@ def get_config(arg=None):
         )
     )
     config.sample = ml_collections.ConfigDict(
-        dict(num_images=16, batch_size=8, class_label=0, png_upscale=4)
+        dict(num_images=64, batch_size=32, class_label=0, png_upscale=3)
     )
     if arg == "smoke":
+        config.backbone.path = "tests/testdata/edm_ddpmpp_tiny.pkl"
         config.sampler.num_steps = 4
         config.sample.update(num_images=4, batch_size=4)
     return config
