@@ -100,8 +100,8 @@ def make_train_step(config, net: edm.EDMConfig, tx: optax.GradientTransformation
         ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state["ema"], params)
         metrics = dict(
             metrics,
-            grad_norm=optax.global_norm(grads),
-            param_norm=optax.global_norm(params),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
             lr=learning_rate(config, step),
             ema_beta=beta,
         )
