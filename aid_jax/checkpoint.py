@@ -19,6 +19,10 @@ def save_pytree(directory: str | os.PathLike, tree) -> None:
     handler = ocp.PyTreeCheckpointHandler(use_compression=False)
     with ocp.Checkpointer(handler) as checkpointer:
         checkpointer.save(directory, args=ocp.args.PyTreeSave(tree))
+    # Orbax leaves commit markers holding this machine's absolute path; they matter only on
+    # non-atomic object stores, and shipped weights should not carry machine paths.
+    for marker in directory.rglob("commit_success.txt"):
+        marker.unlink()
 
 
 def restore_pytree(directory: str | os.PathLike, like=None):
