@@ -30,14 +30,7 @@ from aid_jax.metrics.features import FeatureExtractor
 
 def draw_samples(backbone, num, *, steps, batch_size, seed) -> np.ndarray:
     cfg = sampling.SamplerConfig(solver="heun", num_steps=steps)
-    config = backbone.config
-
-    @jax.jit
-    def draw(params, latents):
-        def denoise(x, sigma):
-            return backbones.denoise(params, x, sigma, config=config)
-
-        return sampling.sample(denoise, latents, config=cfg).x
+    draw = backbones.make_sampler(backbone.config, cfg)
 
     key = jax.random.key(seed)
     out = []

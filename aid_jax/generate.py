@@ -44,16 +44,7 @@ def run(config, workdir: str) -> dict:
     # Data parallel: parameters replicated, latents split over the mesh's "data" axis.
     mesh = sharding.make_mesh()
     params = sharding.replicate(backbone.params, mesh)
-    bconfig = backbone.config
-
-    @jax.jit
-    def fn(params, latents, key):
-        # Parameters are an argument, not a closure constant, so they are not baked into the
-        # compiled program.
-        def denoise(x, sigma):
-            return backbones.denoise(params, x, sigma, labels, config=bconfig)
-
-        return sampling.sample(denoise, latents, key, config=scfg).x
+    fn = backbones.make_sampler(backbone.config, scfg, labels)
 
     key = jax.random.key(config.seed)
     batch = config.sample.batch_size

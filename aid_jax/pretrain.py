@@ -137,19 +137,6 @@ def init_state(config, net, tx, key):
     return assemble(params)
 
 
-def make_sampler(net, num_steps=18):
-    cfg = sampling.SamplerConfig(solver="heun", num_steps=num_steps)
-
-    @jax.jit
-    def draw(params, latents):
-        def denoise(x, sigma):
-            return edm.denoise(params, x, sigma, None, net)
-
-        return sampling.sample(denoise, latents, config=cfg).x
-
-    return draw
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Train (or resume) in `workdir`; returns the final state and a summary."""
     workdir = pathlib.Path(workdir)
@@ -207,7 +194,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # ------------------------------------------------------------------ loop
     writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
-    draw = make_sampler(net, config.train.sample_steps)
+    draw = loader.make_sampler(
+        net, sampling.SamplerConfig(solver="heun", num_steps=config.train.sample_steps)
+    )
     latents = jax.random.normal(sample_key, (config.train.num_samples, *source.image_shape))
     stop = {"flag": False}
 

@@ -161,6 +161,22 @@ def denoise(
     return edm.denoise(params, x, sigma, labels, config, compute_dtype)
 
 
+def make_sampler(config: Config, sampler_config, labels=None):
+    """A jitted `draw(params, latents, key=None) -> images` running an EDM sampler on this
+    backbone. Parameters are an argument, not closure constants, so large backbones are not
+    baked into the compiled program; it compiles once per latents shape."""
+    from aid_jax import sampling
+
+    @jax.jit
+    def draw(params, latents, key=None):
+        def denoise_fn(x, sigma):
+            return denoise(params, x, sigma, labels, config=config)
+
+        return sampling.sample(denoise_fn, latents, key, config=sampler_config).x
+
+    return draw
+
+
 def _io_dims(config: Config) -> tuple[int, int, int]:
     return config.img_resolution, config.img_channels, config.label_dim
 

@@ -374,9 +374,13 @@ def train_classifier(
 
 
 def folder_sha256(directory: str | os.PathLike) -> str:
-    """sha256 over the files of `directory`: sorted relative paths, each with its size and bytes."""
+    """sha256 over the files of `directory` (Orbax commit markers excluded): sorted relative
+    paths, each with its size and bytes."""
     directory = pathlib.Path(directory)
-    files = sorted(p for p in directory.rglob("*") if not p.is_dir())
+    # Orbax's commit markers hold the writing machine's path and say nothing about the weights.
+    files = sorted(
+        p for p in directory.rglob("*") if not p.is_dir() and p.name != "commit_success.txt"
+    )
     h = hashlib.sha256()
     for path in files:
         if path.is_symlink() or not path.is_file():
