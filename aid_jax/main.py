@@ -9,7 +9,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 
-MODES = ("sample", "pretrain", "export")
+MODES = ("sample", "pretrain", "export", "evaluate")
 
 
 def main(argv):
@@ -30,6 +30,10 @@ def main(argv):
 
         out = pretrain.export_backbone(config, workdir, config.export.out)
         print(f"exported the EMA weights of {workdir} to {out}")
+    elif config.mode == "evaluate":
+        from aid_jax import evaluate
+
+        evaluate.run(config, workdir)
     else:
         raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
 

@@ -57,7 +57,7 @@ def get_config(arg=None):
     config.train = ml_collections.ConfigDict(
         dict(
             batch_size=32,
-            num_steps=60_000,
+            num_steps=8_000,
             log_every=50,
             checkpoint_every=250,
             keep=3,

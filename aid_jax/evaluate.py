@@ -1,0 +1,500 @@
+"""Main-mode `evaluate`: every chosen method × mask × step count on one frozen backbone, one fixed
+seeded test set, one set of metrics.
+
+    python -m aid_jax.main --config=configs/eval_fashion_mnist.py --workdir=runs/eval
+
+Writes to the workdir:
+  results.json           config, provenance (backbone, metric networks, device) and one row per
+                         (mask, method, steps): NFE forward/backward, seconds per image, every
+                         metric with its 95% bootstrap CI (per-image metrics) or ± std (KID)
+  results.md             the same as Markdown tables, one per mask
+  per_image.npz          every per-image metric, so tables can be regenerated
+  masks/<mask>.npz/.png  the exact masks used (aid_jax.masks.save_masks)
+  outputs/               (eval.save_outputs) every raw output, <mask>__<method>__<steps>.npz
+  grid_<mask>.png        rows = test images; columns = observed, mask, every method, ground truth
+  quality_vs_nfe.png     the headline metric against network passes per image, one panel per mask
+
+Metrics (docs/EVALUATION.md): PSNR / SSIM / LPIPS on the hole and on the full image, the full-image
+ones both for the raw output and for the composite m⊙y + (1 − m)⊙x ("paste-back"); PSNR of the raw
+output on the known pixels (how well a method keeps what it was given); FID/KID with the in-domain
+classifier's features ("_lenet") and optionally InceptionV3 ("_inception"), against a reference
+set, with the ground truth and the observed (hole = grey) images as reference rows; class accuracy
+of the frozen classifier; diversity (mean pairwise LPIPS in the hole) when samples_per_image > 1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import math
+import pathlib
+import platform
+import time
+import zlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from aid_jax import backbones, masks, report, sharding
+from aid_jax.data import pipeline, sources
+from aid_jax.metrics import fid as fid_lib
+from aid_jax.metrics import image_quality
+
+REFERENCE_ROWS = ("ground truth", "observed")
+
+
+class EvaluationError(ValueError):
+    """A bad evaluation config (unknown method or mask, impossible batch, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Config checks (before anything is loaded or compiled)
+
+
+def _names(value, available, what: str) -> list[str]:
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    names = [n for n in names if n]
+    if not names:
+        raise EvaluationError(f"no {what} chosen; available: {', '.join(available)}")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise EvaluationError(
+            f"unknown {what} {', '.join(map(repr, unknown))}; defined in the config: "
+            f"{', '.join(available)} (add an entry under config.{what} or fix the name)"
+        )
+    return names
+
+
+def _method_registry() -> dict[str, Callable]:
+    from aid_jax import baselines
+
+    return dict(baselines.METHODS)
+
+
+def plan(config) -> list[tuple[str, str, int]]:
+    """The (mask, method entry, steps) triples this config evaluates, checked up front."""
+    mask_names = _names(config.eval.masks, list(config.masks.keys()), "masks")
+    method_names = _names(config.eval.methods, list(config.methods.keys()), "methods")
+    registry = _method_registry()
+    for name in method_names:
+        entry = config.methods[name]
+        if entry.method not in registry:
+            raise EvaluationError(
+                f"config.methods.{name}.method={entry.method!r} is not an inpainting method; "
+                f"known: {', '.join(sorted(registry))}"
+            )
+        steps = tuple(entry.steps)
+        if not steps or any(int(s) < 1 for s in steps):
+            raise EvaluationError(f"config.methods.{name}.steps must be positive ints, got {steps}")
+    for name in mask_names:
+        if "kind" not in config.masks[name]:
+            raise EvaluationError(f"config.masks.{name} has no 'kind'")
+    if config.eval.batch_size % jax.device_count():
+        raise EvaluationError(
+            f"eval.batch_size={config.eval.batch_size} must be a multiple of the "
+            f"{jax.device_count()} devices"
+        )
+    if config.eval.samples_per_image < 1:
+        raise EvaluationError("eval.samples_per_image must be >= 1")
+    return [
+        (mask, method, int(steps))
+        for mask in mask_names
+        for method in method_names
+        for steps in config.methods[method].steps
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric networks
+
+
+def _lpips(config):
+    if not config.metrics.lpips:
+        return None
+    from aid_jax.metrics import lpips
+
+    return lpips.LPIPS.load(net=config.metrics.lpips)
+
+
+def _classifier(config, image_shape):
+    """The in-domain feature classifier when it fits the data (else None, with the reason)."""
+    if not config.metrics.classifier:
+        return None, "disabled"
+    from aid_jax.metrics import features
+
+    extractor = features.FeatureExtractor.load(config.metrics.classifier)
+    if tuple(extractor.input_shape) != tuple(image_shape):
+        return None, (
+            f"classifier input {extractor.input_shape} != image shape {image_shape}: "
+            "in-domain FID/KID and class accuracy skipped"
+        )
+    return extractor, ""
+
+
+def _inception(config):
+    if not config.metrics.inception:
+        return None
+    from aid_jax.metrics import inception
+
+    return inception.InceptionFeatures.load()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _load_eval_set(config, image_shape):
+    source = sources.make_source(config.data)
+    if tuple(source.image_shape) != tuple(image_shape):
+        raise EvaluationError(
+            f"data {source.name} has images {source.image_shape}, the backbone expects "
+            f"{image_shape}; set config.data (e.g. pad_to) to match"
+        )
+    idx = pipeline.eval_indices(len(source), int(config.eval.num_images), int(config.eval.seed))
+    images_u8, labels = source.get(idx)
+    return source, idx, pipeline.to_model_range(images_u8), labels
+
+
+def _reference_features(extractor, source, config, cache: pathlib.Path, tag: str) -> np.ndarray:
+    """Features of the reference set (the first `metrics.reference_num` images of a seeded
+    permutation of the whole split), cached next to the run and keyed by network and data."""
+    n = min(int(config.metrics.reference_num), len(source))
+    key = f"{tag}-{extractor.sha256[:12]}-{source.name.replace('/', '_')}-{n}"
+    path = cache / f"reference_{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return f["features"]
+    idx = pipeline.eval_indices(len(source), n, seed=int(config.metrics.reference_seed))
+    feats = []
+    for start in range(0, n, 1000):
+        u8, _ = source.get(idx[start : start + 1000])
+        feats.append(extractor(pipeline.to_model_range(u8)))
+    feats = np.concatenate(feats)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=feats)
+    return feats
+
+
+@jax.jit
+def _paired_metrics(x, gt, mask):
+    """Per-image PSNR/SSIM on the hole, the full image and the known pixels (all [B])."""
+    hole = 1.0 - mask
+    comp = mask * gt + hole * x
+    return {
+        "psnr_hole": image_quality.psnr(x, gt, region=hole),
+        "ssim_hole": image_quality.ssim(x, gt, region=hole),
+        "psnr_full": image_quality.psnr(comp, gt),
+        "ssim_full": image_quality.ssim(comp, gt),
+        "psnr_full_raw": image_quality.psnr(x, gt),
+        "ssim_full_raw": image_quality.ssim(x, gt),
+        "psnr_known_raw": image_quality.psnr(x, gt, region=mask),
+    }
+
+
+def _per_image_metrics(x, gt, mask, lpips_net, batch: int) -> dict[str, np.ndarray]:
+    out: dict[str, list] = {}
+    for start in range(0, x.shape[0], batch):
+        sl = slice(start, start + batch)
+        res = _paired_metrics(x[sl], gt[sl], mask[sl])
+        if lpips_net is not None:
+            comp = mask[sl] * gt[sl] + (1.0 - mask[sl]) * x[sl]
+            res["lpips_hole"] = lpips_net(x[sl], gt[sl], region=1.0 - mask[sl])
+            res["lpips_full"] = lpips_net(comp, gt[sl])
+            res["lpips_full_raw"] = lpips_net(x[sl], gt[sl])
+        for k, v in res.items():
+            out.setdefault(k, []).append(np.asarray(v, np.float64))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _diversity(x, mask, k: int, lpips_net) -> np.ndarray:
+    """Mean pairwise distance between the k samples of each image, inside the hole: LPIPS when
+    available, else the RMS difference over hole pixels. x: [N·k, H, W, C] grouped by image."""
+    n = x.shape[0] // k
+    xs = x.reshape(n, k, *x.shape[1:])
+    hole = (1.0 - mask).reshape(n, k, *mask.shape[1:])[:, 0]
+    vals = np.zeros(n)
+    pairs = list(itertools.combinations(range(k), 2))
+    for i, j in pairs:
+        if lpips_net is not None:
+            d = np.asarray(lpips_net(xs[:, i], xs[:, j], region=hole), np.float64)
+        else:
+            diff2 = ((xs[:, i] - xs[:, j]) ** 2 * hole).sum(axis=(1, 2, 3))
+            d = np.sqrt(diff2 / np.maximum(hole.sum(axis=(1, 2, 3)) * x.shape[-1], 1))
+        vals += d
+    return vals / len(pairs)
+
+
+def _set_metrics(feats, ref_feats, tag: str, config) -> dict:
+    mu, sig = fid_lib.feature_stats(feats)
+    mu_r, sig_r = fid_lib.feature_stats(ref_feats)
+    kid_mean, kid_std = fid_lib.kid(
+        feats, ref_feats, num_subsets=int(config.metrics.kid_subsets), subset_size=1000
+    )
+    return {
+        f"fid_{tag}": {"value": fid_lib.fid_from_stats(mu, sig, mu_r, sig_r)},
+        # KID ×1e3 (the usual reporting scale)
+        f"kid_{tag}": {"value": 1e3 * kid_mean, "std": 1e3 * kid_std},
+    }
+
+
+def _summaries(per_image: dict[str, np.ndarray], k: int, config) -> dict:
+    out = {}
+    for name, vals in per_image.items():
+        v = vals.reshape(-1, k).mean(axis=1) if vals.shape[0] % k == 0 and k > 1 else vals
+        out[name] = report.bootstrap_ci(
+            v, num_resamples=int(config.eval.bootstrap), seed=int(config.eval.seed)
+        )
+    return out
+
+
+def _device_description() -> str:
+    d = jax.devices()[0]
+    return f"{jax.device_count()}× {d.platform}:{getattr(d, 'device_kind', '')} ({platform.node()})"
+
+
+def run(config, workdir: str) -> dict:
+    """Evaluate; returns the results dict also written to results.json."""
+    from aid_jax import baselines
+
+    workdir = pathlib.Path(workdir)
+    todo = plan(config)  # all config errors before anything heavy happens
+    workdir.mkdir(parents=True, exist_ok=True)
+    backbone = backbones.load_backbone(config.backbone.path)
+    shape = backbone.image_shape
+    source, idx, gt, labels = _load_eval_set(config, shape)
+    n, k = gt.shape[0], int(config.eval.samples_per_image)
+    rows_per_image = np.repeat(np.arange(n), k)  # sample j of image i sits at row i·k + j
+    gt_rows = gt[rows_per_image]
+
+    # Masks: one fixed, seeded set per mask entry, shared by every method.
+    mask_sets = {}
+    (workdir / "masks").mkdir(exist_ok=True)
+    for name in dict.fromkeys(m for m, _, _ in todo):
+        spec = config.masks[name].to_dict()
+        seed = int(config.eval.mask_seed)
+        m = masks.from_config(spec, n, shape[:2], seed=seed)
+        masks.save_masks(workdir / "masks" / f"{name}.npz", m, seed=seed, **spec)
+        mask_sets[name] = m
+
+    lpips_net = _lpips(config)
+    extractor, classifier_note = _classifier(config, shape)
+    inception_net = _inception(config)
+    feature_nets = [(t, net) for t, net in (("lenet", extractor), ("inception", inception_net))]
+    feature_nets = [(t, net) for t, net in feature_nets if net is not None]
+    ref_source = sources.make_source(config.metrics.reference_data or config.data)
+    cache = pathlib.Path(config.metrics.cache_dir or workdir / "cache")
+    references = {
+        t: _reference_features(net, ref_source, config, cache, t) for t, net in feature_nets
+    }
+
+    mesh = sharding.make_mesh()
+    params = sharding.replicate(backbone.params, mesh)
+    bconfig = backbone.config
+
+    def denoise_with_params(p, x, sigma):
+        return backbones.denoise(p, x, sigma, config=bconfig)
+
+    batch = int(config.eval.batch_size)
+    total_rows = n * k
+    num_batches = math.ceil(total_rows / batch)
+    base_key = jax.random.key(int(config.seed))
+    rows, per_image_all, grid_outputs = [], {}, {}
+    inpainters: dict[tuple[str, int], Callable] = {}
+    compile_seconds: dict[tuple[str, int], float] = {}
+
+    # Reference rows: ground truth and the observed image (hole = grey), per mask.
+    for mask_name, m in mask_sets.items():
+        for ref in REFERENCE_ROWS:
+            x = gt if ref == "ground truth" else report.observed_view(gt, m)
+            row = {"mask": mask_name, "method": ref, "steps": 0, "nfe": 0, "nfe_backward": 0}
+            row["seconds_per_image"] = 0.0
+            row["metrics"] = {}
+            for t, net in feature_nets:
+                row["metrics"].update(_set_metrics(net(x), references[t], t, config))
+            rows.append(row)
+
+    bar = tqdm(total=len(todo) * num_batches, desc="evaluate", unit="batch")
+    for mask_name, method_name, steps in todo:
+        entry = config.methods[method_name]
+        options = dict(entry.options.to_dict()) if "options" in entry else {}
+        options["num_steps"] = steps
+        if (method_name, steps) not in inpainters:
+            inpainters[(method_name, steps)] = baselines.make_inpainter(
+                entry.method, denoise_with_params, **options
+            )
+        fn = inpainters[(method_name, steps)]
+        m_rows = mask_sets[mask_name][rows_per_image]
+        y_rows = (m_rows * gt_rows).astype(np.float32)
+        # Keys depend on the mask's name (not its position), so a subset of masks reproduces.
+        mask_key = jax.random.fold_in(base_key, zlib.crc32(mask_name.encode()) & 0x7FFFFFFF)
+        outputs, seconds, nfe, nfe_bwd = [], 0.0, None, None
+        for b in range(num_batches):
+            sl = np.arange(b * batch, (b + 1) * batch) % total_rows  # pad the tail by wrapping
+            y_b = sharding.shard_batch(y_rows[sl], mesh)
+            m_b = sharding.shard_batch(m_rows[sl], mesh)
+            key_b = jax.random.fold_in(mask_key, b)
+            if (method_name, steps) not in compile_seconds:
+                # First call of this program: compile (and run once); timed separately.
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(params, y_b, m_b, key_b).x)
+                compile_seconds[(method_name, steps)] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = fn(params, y_b, m_b, key_b)
+            x_b = np.asarray(jax.block_until_ready(res.x))
+            seconds += time.perf_counter() - t0
+            nfe, nfe_bwd = int(res.nfe), int(res.nfe_backward)
+            outputs.append(x_b)
+            bar.update(1)
+            bar.set_postfix_str(f"{mask_name}/{method_name}/{steps}")
+        x = np.concatenate(outputs)[:total_rows]
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
+            print(
+                f"warning: {method_name} ({steps} steps, {mask_name}) gave {bad} non-finite images"
+            )
+            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+        x = np.clip(x, -1.0, 1.0)  # metrics on displayable images, as after saving to PNG
+
+        if config.eval.save_outputs:
+            (workdir / "outputs").mkdir(exist_ok=True)
+            np.savez_compressed(
+                workdir / "outputs" / f"{mask_name}__{method_name}__{steps}.npz",
+                x=x,
+                rows_per_image=rows_per_image,
+            )
+        per_image = _per_image_metrics(x, gt_rows, m_rows, lpips_net, batch)
+        if k > 1:
+            per_image["diversity"] = _diversity(x, m_rows, k, lpips_net)
+        row = {
+            "mask": mask_name,
+            "method": method_name,
+            "steps": steps,
+            "nfe": nfe,
+            "nfe_backward": nfe_bwd,
+            "seconds_per_image": seconds / (num_batches * batch),
+            "compile_seconds": compile_seconds[(method_name, steps)],
+            "metrics": _summaries(per_image, k, config),
+        }
+        comp = m_rows * gt_rows + (1.0 - m_rows) * x
+        first = np.arange(0, total_rows, k)  # one sample per image for set-level metrics
+        for t, net in feature_nets:
+            row["metrics"].update(_set_metrics(net(comp[first]), references[t], t, config))
+            raw = _set_metrics(net(x[first]), references[t], t, config)
+            row["metrics"].update({f"{name}_raw": v for name, v in raw.items()})
+        if extractor is not None and labels is not None and (labels >= 0).all():
+            from aid_jax.metrics import classifier as clf
+
+            logits = clf.logits(extractor.params, comp[first])
+            correct = (logits.argmax(axis=1) == labels).astype(np.float64)
+            per_image["class_acc"] = correct
+            row["metrics"]["class_acc"] = report.bootstrap_ci(
+                correct, int(config.eval.bootstrap), seed=int(config.eval.seed)
+            )
+        rows.append(row)
+        for name, v in per_image.items():
+            per_image_all[f"{mask_name}/{method_name}/{steps}/{name}"] = v
+        # Keep the first images (sample 0) of the largest step count for the grids.
+        if steps == max(config.methods[method_name].steps):
+            grid_outputs[(mask_name, method_name)] = comp[first][: int(config.eval.grid_images)]
+    bar.close()
+
+    # ---- write everything
+    np.savez_compressed(workdir / "per_image.npz", **per_image_all)
+    for mask_name, m in mask_sets.items():
+        g = int(config.eval.grid_images)
+        cols = [
+            ("observed", report.observed_view(gt[:g], m[:g])),
+            ("mask", report.mask_as_image(m[:g])),
+        ]
+        cols += [(meth, grid_outputs[(mm, meth)]) for (mm, meth) in grid_outputs if mm == mask_name]
+        cols.append(("ground truth", gt[:g]))
+        img, names = report.comparison_grid(cols)
+        from aid_jax import images as image_lib
+
+        image_lib.save_png(img, workdir / f"grid_{mask_name}.png", upscale=config.eval.png_upscale)
+        (workdir / f"grid_{mask_name}.txt").write_text("columns: " + ", ".join(names) + "\n")
+    headline = config.report.headline_metric
+    if lpips_net is None and headline.startswith("lpips"):
+        headline = "psnr_hole"
+    method_rows = [r for r in rows if r["method"] not in REFERENCE_ROWS]
+    report.quality_vs_nfe_plot(
+        method_rows, headline, workdir / "quality_vs_nfe.png", title=backbone_name(backbone)
+    )
+    table_metrics = [m for m in config.report.table_metrics if any(m in r["metrics"] for r in rows)]
+    md = [
+        f"# Inpainting evaluation — {backbone_name(backbone)}",
+        "",
+        f"{n} test images of `{source.name}` (seeded subset, seed {config.eval.seed}), "
+        f"{k} sample(s) per image; masks seed {config.eval.mask_seed}; device "
+        f"{_device_description()}; {datetime.date.today().isoformat()}.",
+        "Per-image metrics: mean [95% bootstrap CI over images]; KID ×1e3 ± std over subsets. "
+        "`_full` = composited (paste-back) output, `_raw` = the method's own output.",
+        "",
+    ]
+    if classifier_note:
+        md += [f"Note: {classifier_note}.", ""]
+    for mask_name in mask_sets:
+        hole = float(1.0 - mask_sets[mask_name].mean())
+        md.append(
+            report.markdown_table(
+                [r for r in rows if r["mask"] == mask_name],
+                table_metrics,
+                title=f"mask `{mask_name}` (hole fraction {hole:.3f})",
+            )
+        )
+    (workdir / "results.md").write_text("\n".join(md))
+    results = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": _device_description(),
+        "backbone": {
+            "path": str(config.backbone.path),
+            "name": backbone_name(backbone),
+            "params_sha256": backbone.manifest.get("params_sha256"),
+        },
+        "data": {"name": source.name, "indices": idx.tolist(), "samples_per_image": k},
+        "masks": {
+            name: {"hole_fraction": float(1.0 - m.mean()), **config.masks[name].to_dict()}
+            for name, m in mask_sets.items()
+        },
+        "metric_networks": {
+            "lpips": config.metrics.lpips or None,
+            "classifier_sha256": extractor.sha256 if extractor is not None else None,
+            "inception_sha256": inception_net.sha256 if inception_net is not None else None,
+            "reference": {
+                "data": ref_source.name,
+                "num": int(min(config.metrics.reference_num, len(ref_source))),
+            },
+            "note": classifier_note,
+        },
+        "config": json.loads(config.to_json_best_effort()),
+        "rows": rows,
+    }
+    (workdir / "results.json").write_text(
+        json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
+    )
+    print(f"wrote {workdir / 'results.md'} and {workdir / 'results.json'}")
+    return results
+
+
+def backbone_name(backbone) -> str:
+    return str(backbone.manifest.get("source_name") or backbone.manifest.get("name") or "backbone")
+
+
+def _json_safe(obj):
+    """Strict JSON: non-finite floats become the strings 'inf', '-inf', 'nan'."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, jnp.ndarray | np.ndarray):
+        return _json_safe(np.asarray(obj).tolist())
+    return obj

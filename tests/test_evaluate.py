@@ -1,0 +1,115 @@
+"""The evaluation harness end to end on the smoke config (tiny random backbone, 8 devices)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aid_jax import evaluate, masks
+from configs import eval_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("eval")
+    config = eval_fashion_mnist.get_config("smoke")
+    results = evaluate.run(config, str(workdir))
+    return config, workdir, results
+
+
+def _psnr(a, b, region):
+    region = np.broadcast_to(region, a.shape)
+    mse = ((a - b) ** 2 * region).sum(axis=(1, 2, 3)) / region.sum(axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):  # an exact match is +inf dB, as in the harness
+        return 10 * np.log10(4.0 / mse)
+
+
+def test_rows_cover_the_plan(smoke_run):
+    config, workdir, results = smoke_run
+    planned = evaluate.plan(config)
+    rows = [(r["mask"], r["method"], r["steps"]) for r in results["rows"]]
+    method_rows = [r for r in rows if r[1] not in evaluate.REFERENCE_ROWS]
+    assert method_rows == planned
+    assert len(planned) == 2 * (2 + 1)  # 2 masks × (replacement 2 step counts + ddnm 1)
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert [(r["mask"], r["method"], r["steps"]) for r in on_disk["rows"]] == rows
+    for r in results["rows"]:
+        if r["method"] == "ddnm":
+            assert (r["nfe"], r["nfe_backward"]) == (r["steps"], 0)
+        assert r["seconds_per_image"] >= 0
+
+
+def test_metrics_recomputed_from_saved_outputs(smoke_run):
+    """The harness's PSNR on the hole / known pixels equals a NumPy recomputation from the saved
+    outputs, the saved masks and the test images."""
+    config, workdir, results = smoke_run
+    from aid_jax.data import pipeline, sources
+
+    source = sources.make_source(config.data)
+    idx = pipeline.eval_indices(len(source), config.eval.num_images, config.eval.seed)
+    assert results["data"]["indices"] == idx.tolist()
+    gt = pipeline.to_model_range(source.get(idx)[0])
+    per_image = np.load(workdir / "per_image.npz")
+    for mask_name in ("center_box", "half"):
+        m, meta = masks.load_masks(workdir / "masks" / f"{mask_name}.npz")
+        expected = masks.from_config(config.masks[mask_name], len(idx), (16, 16), seed=0)
+        np.testing.assert_array_equal(m, expected)
+        assert meta["kind"] == config.masks[mask_name].kind
+        x = np.load(workdir / "outputs" / f"{mask_name}__replacement__3.npz")["x"]
+        got = per_image[f"{mask_name}/replacement/3/psnr_hole"]
+        np.testing.assert_allclose(got, _psnr(x, gt, 1 - m), rtol=1e-4)
+        known = per_image[f"{mask_name}/replacement/3/psnr_known_raw"]
+        np.testing.assert_allclose(known, _psnr(x, gt, m), rtol=1e-4)
+        # Replacement ends with a step to σ = 0 and writes y there: exact on the known pixels.
+        assert known.min() > 40.0
+
+
+def test_report_files(smoke_run):
+    config, workdir, _ = smoke_run
+    md = (workdir / "results.md").read_text()
+    assert md.count("### mask `") == 2
+    assert "| replacement | 3 |" in md and "| ddnm | 2 |" in md
+    with Image.open(workdir / "grid_half.png") as im:
+        # columns: observed, mask, replacement, ddnm, ground truth; 4 rows; 16 px tiles, 2 px pad
+        up = config.eval.png_upscale
+        assert im.size == ((5 * 18 - 2) * up, (4 * 18 - 2) * up)
+    assert (workdir / "grid_half.txt").read_text().strip() == (
+        "columns: observed, mask, replacement, ddnm, ground truth"
+    )
+    with Image.open(workdir / "quality_vs_nfe.png") as im:
+        assert im.format == "PNG"
+
+
+def test_same_config_same_numbers(smoke_run, tmp_path):
+    config, workdir, _ = smoke_run
+    config = eval_fashion_mnist.get_config("smoke")
+    config.eval.methods = "ddnm"
+    config.eval.masks = "half"
+    evaluate.run(config, str(tmp_path))
+    a = np.load(workdir / "per_image.npz")["half/ddnm/2/psnr_hole"]
+    b = np.load(tmp_path / "per_image.npz")["half/ddnm/2/psnr_hole"]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("eval.methods", "replacement,nope", "unknown methods 'nope'"),
+        ("eval.masks", "center_box,blob", "unknown masks 'blob'"),
+        ("eval.batch_size", 6, "multiple of the 8 devices"),
+        ("methods.ddnm.method", "magic", "not an inpainting method"),
+        ("methods.ddnm.steps", (0,), "positive ints"),
+    ],
+)
+def test_config_errors_before_loading(tmp_path, field, value, match):
+    config = eval_fashion_mnist.get_config("smoke")
+    config.backbone.path = str(tmp_path / "missing.pkl")  # would fail if anything were loaded
+    section, name = field.rsplit(".", 1)
+    target = config
+    for part in section.split("."):
+        target = target[part]
+    target[name] = value
+    with pytest.raises(evaluate.EvaluationError, match=match):
+        evaluate.run(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
