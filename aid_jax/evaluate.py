@@ -278,6 +278,9 @@ def run(config, workdir: str) -> dict:
         seed = int(config.eval.mask_seed)
         m = masks.from_config(spec, n, shape[:2], seed=seed)
         masks.save_masks(workdir / "masks" / f"{name}.npz", m, seed=seed, **spec)
+        # Every method's input checks (hole and observed pixels in every image, ranges, shapes)
+        # on the host, before anything is compiled.
+        baselines.validate_inputs(m * gt, m, shape)
         mask_sets[name] = m
 
     lpips_net = _lpips(config)
@@ -304,6 +307,7 @@ def run(config, workdir: str) -> dict:
     base_key = jax.random.key(int(config.seed))
     rows, per_image_all, grid_outputs = [], {}, {}
     inpainters: dict[tuple[str, int], Callable] = {}
+    executables: dict[tuple[str, int], Callable] = {}
     compile_seconds: dict[tuple[str, int], float] = {}
 
     # Reference rows: ground truth and the observed image (hole = grey), per mask.
@@ -331,25 +335,27 @@ def run(config, workdir: str) -> dict:
         y_rows = (m_rows * gt_rows).astype(np.float32)
         # Keys depend on the mask's name (not its position), so a subset of masks reproduces.
         mask_key = jax.random.fold_in(base_key, zlib.crc32(mask_name.encode()) & 0x7FFFFFFF)
-        outputs, seconds, nfe, nfe_bwd = [], 0.0, None, None
+        outputs, seconds = [], 0.0
         for b in range(num_batches):
             sl = np.arange(b * batch, (b + 1) * batch) % total_rows  # pad the tail by wrapping
             y_b = sharding.shard_batch(y_rows[sl], mesh)
             m_b = sharding.shard_batch(m_rows[sl], mesh)
             key_b = jax.random.fold_in(mask_key, b)
-            if (method_name, steps) not in compile_seconds:
-                # First call of this program: compile (and run once); timed separately.
+            if (method_name, steps) not in executables:
+                # Ahead-of-time compile, timed on its own, so that no batch runs twice.
                 t0 = time.perf_counter()
-                jax.block_until_ready(fn(params, y_b, m_b, key_b).x)
+                executables[(method_name, steps)] = fn.jitted.lower(
+                    params, y_b, m_b, key_b
+                ).compile()
                 compile_seconds[(method_name, steps)] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = fn(params, y_b, m_b, key_b)
+            res = executables[(method_name, steps)](params, y_b, m_b, key_b)
             x_b = np.asarray(jax.block_until_ready(res.x))
             seconds += time.perf_counter() - t0
-            nfe, nfe_bwd = int(res.nfe), int(res.nfe_backward)
             outputs.append(x_b)
             bar.update(1)
             bar.set_postfix_str(f"{mask_name}/{method_name}/{steps}")
+        nfe, nfe_bwd = int(fn.nfe), int(fn.nfe_backward)
         x = np.concatenate(outputs)[:total_rows]
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())

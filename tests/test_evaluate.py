@@ -113,3 +113,50 @@ def test_config_errors_before_loading(tmp_path, field, value, match):
     with pytest.raises(evaluate.EvaluationError, match=match):
         evaluate.run(config, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_in_domain_metrics_on_the_shipped_backbone(tmp_path, testdata):
+    """FID/KID_LeNet, class accuracy, LPIPS and diversity on real Fashion-MNIST test images with the
+    shipped backbone and classifier (2 samples per image, 2 DDNM steps: a plumbing check)."""
+    from aid_jax.metrics import lpips
+
+    config = eval_fashion_mnist.get_config()
+    config.data = config.data.__class__(
+        dict(name="npz", path=str(testdata / "fashion_mnist_test64.npz"))
+    )
+    config.eval.update(
+        methods="ddnm",
+        masks="half",
+        num_images=8,
+        samples_per_image=2,
+        batch_size=16,
+        bootstrap=50,
+        save_outputs=True,
+    )
+    config.masks.half.side = "left"
+    config.methods.ddnm.steps = (2,)
+    config.metrics.update(reference_num=64, kid_subsets=5)
+    results = evaluate.run(config, str(tmp_path))
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == {"ground truth", "observed", "ddnm"}
+    # The same-N floor (ground truth vs the reference) beats the half-grey observed images.
+    assert (
+        rows["ground truth"]["metrics"]["fid_lenet"]["value"]
+        < (rows["observed"]["metrics"]["fid_lenet"]["value"])
+    )
+    metrics = rows["ddnm"]["metrics"]
+    for name in ("fid_lenet", "kid_lenet", "fid_lenet_raw", "class_acc", "diversity"):
+        assert name in metrics, name
+    assert 0.0 <= metrics["class_acc"]["mean"] <= 1.0
+    assert metrics["diversity"]["mean"] > 0.0  # DDNM (η = 0.85) draws different samples
+    # LPIPS on the hole equals a direct call on the saved outputs (sample 0 and 1 averaged).
+    x = np.load(tmp_path / "outputs" / "half__ddnm__2.npz")["x"]
+    m, _ = masks.load_masks(tmp_path / "masks" / "half.npz")
+    from aid_jax.data import pipeline, sources
+
+    source = sources.make_source(config.data)
+    gt = pipeline.to_model_range(source.get(results["data"]["indices"])[0])
+    net = lpips.LPIPS.load("alex")
+    direct = net(x, np.repeat(gt, 2, 0), region=np.repeat(1 - m, 2, 0)).reshape(8, 2).mean(1)
+    per_image = np.load(tmp_path / "per_image.npz")["half/ddnm/2/lpips_hole"].reshape(8, 2)
+    np.testing.assert_allclose(per_image.mean(1), direct, rtol=1e-5)
