@@ -65,9 +65,10 @@ def get_config(arg=None):
             num_samples=64,
             sample_steps=18,
             tensorboard=True,
-            # Step folder to continue from when the workdir is empty (a fresh machine): the
-            # training state committed next to the exported backbone.
-            resume_from="ported_weights/fashion_mnist_32/train_state",
+            # Step folder (or folder of step folders) to continue from when the workdir is empty.
+            # Empty: a fresh workdir trains from scratch, reproducing the shipped backbone
+            # (training is deterministic given the seed; docs/PRETRAIN.md).
+            resume_from="",
         )
     )
     if arg == "smoke":
