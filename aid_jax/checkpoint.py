@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -76,3 +77,43 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
         ),
     )
     return step, restored["state"], restored["meta"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming: a workdir's checkpoints may only continue the run that made them.
+
+
+class ResumeError(ValueError):
+    """The workdir holds a run made with another configuration."""
+
+
+def config_fingerprint(config, keys) -> dict:
+    """The values of the run-defining config entries ``keys`` (dotted names) as plain JSON."""
+
+    def get(dotted):
+        node = config
+        for part in dotted.split("."):
+            node = node[part]
+        return node.to_dict() if hasattr(node, "to_dict") else node
+
+    return json.loads(json.dumps({k: get(k) for k in keys}, default=str))
+
+
+def restore_run(manager: ocp.CheckpointManager, abstract_state, fingerprint: dict, workdir):
+    """(step, state, meta) of the newest checkpoint of this run, or None for a fresh workdir.
+
+    Raises ``ResumeError`` naming the differing entries if the checkpoint was made with another
+    configuration.
+    """
+    restored = restore_latest(manager, abstract_state)
+    if restored is None:
+        return None
+    _, _, meta = restored
+    saved = meta.get("fingerprint", {})
+    if saved != fingerprint:
+        diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+        raise ResumeError(
+            f"{workdir} holds a run made with a different configuration (differs in {diff}). "
+            "Use a new --workdir, or the original config, to resume."
+        )
+    return restored

@@ -72,7 +72,30 @@ def _names(value, available, what: str) -> list[str]:
 def _method_registry() -> dict[str, Callable]:
     from aid_jax import baselines
 
-    return dict(baselines.METHODS)
+    return dict(baselines.METHODS, aid=None)  # "aid": a trained module (aid_jax.aid.model)
+
+
+def _aid_inpainter(entry, steps: int, backbone, cache: dict):
+    """The harness form of a trained AID module: options ``checkpoint`` (workdir or export),
+    ``solver``; the output is raw (the harness composites)."""
+    from aid_jax.aid import api
+    from aid_jax.aid import model as aid_model
+
+    options = dict(entry.options.to_dict()) if "options" in entry else {}
+    unknown = sorted(set(options) - {"checkpoint", "solver"})
+    if unknown:
+        raise EvaluationError(f"unknown option(s) {unknown} for method 'aid' (checkpoint, solver)")
+    path = options.get("checkpoint")
+    if not path:
+        raise EvaluationError(
+            "method 'aid' needs options.checkpoint (an AID workdir or export folder), e.g. "
+            "--config.methods.aid.options.checkpoint=runs/aid"
+        )
+    if path not in cache:
+        cache[path] = api.load(path, backbone=backbone)
+    return aid_model.make_inpainter(
+        cache[path], num_steps=steps, solver=options.get("solver", "euler"), paste_back=False
+    )
 
 
 def plan(config) -> list[tuple[str, str, int]]:
@@ -263,7 +286,7 @@ def run(config, workdir: str) -> dict:
     workdir = pathlib.Path(workdir)
     todo = plan(config)  # all config errors before anything heavy happens
     workdir.mkdir(parents=True, exist_ok=True)
-    backbone = backbones.load_backbone(config.backbone.path)
+    backbone = backbones.backbone_from_config(config.backbone)
     shape = backbone.image_shape
     source, idx, gt, labels = _load_eval_set(config, shape)
     n, k = gt.shape[0], int(config.eval.samples_per_image)
@@ -307,6 +330,7 @@ def run(config, workdir: str) -> dict:
     base_key = jax.random.key(int(config.seed))
     rows, per_image_all, grid_outputs = [], {}, {}
     inpainters: dict[tuple[str, int], Callable] = {}
+    aid_cache: dict[str, object] = {}
     executables: dict[tuple[str, int], Callable] = {}
     compile_seconds: dict[tuple[str, int], float] = {}
 
@@ -326,11 +350,14 @@ def run(config, workdir: str) -> dict:
         entry = config.methods[method_name]
         options = dict(entry.options.to_dict()) if "options" in entry else {}
         options["num_steps"] = steps
-        if (method_name, steps) not in inpainters:
+        if (method_name, steps) not in inpainters and entry.method == "aid":
+            inpainters[(method_name, steps)] = _aid_inpainter(entry, steps, backbone, aid_cache)
+        elif (method_name, steps) not in inpainters:
             inpainters[(method_name, steps)] = baselines.make_inpainter(
                 entry.method, denoise_with_params, **options
             )
         fn = inpainters[(method_name, steps)]
+        fn_params = sharding.replicate(fn.params, mesh) if hasattr(fn, "params") else params
         m_rows = mask_sets[mask_name][rows_per_image]
         y_rows = (m_rows * gt_rows).astype(np.float32)
         # Keys depend on the mask's name (not its position), so a subset of masks reproduces.
@@ -345,11 +372,11 @@ def run(config, workdir: str) -> dict:
                 # Ahead-of-time compile, timed on its own, so that no batch runs twice.
                 t0 = time.perf_counter()
                 executables[(method_name, steps)] = fn.jitted.lower(
-                    params, y_b, m_b, key_b
+                    fn_params, y_b, m_b, key_b
                 ).compile()
                 compile_seconds[(method_name, steps)] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = executables[(method_name, steps)](params, y_b, m_b, key_b)
+            res = executables[(method_name, steps)](fn_params, y_b, m_b, key_b)
             x_b = np.asarray(jax.block_until_ready(res.x))
             seconds += time.perf_counter() - t0
             outputs.append(x_b)
@@ -457,7 +484,7 @@ def run(config, workdir: str) -> dict:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": _device_description(),
         "backbone": {
-            "path": str(config.backbone.path),
+            "path": str(config.backbone.get("path", "")),
             "name": backbone_name(backbone),
             "params_sha256": backbone.manifest.get("params_sha256"),
         },

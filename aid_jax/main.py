@@ -9,7 +9,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 
-MODES = ("sample", "pretrain", "export", "evaluate")
+MODES = ("sample", "pretrain", "export", "evaluate", "train_aid", "aid")
 
 
 def main(argv):
@@ -32,8 +32,19 @@ def main(argv):
         print(f"exported the EMA weights of {workdir} to {out}")
     elif config.mode == "evaluate":
         from aid_jax import evaluate
+        from aid_jax.aid import train as aid_train
 
-        evaluate.run(config, workdir)
+        evaluate.run(aid_train.evaluation_config(config), workdir)
+    elif config.mode in ("train_aid", "aid"):
+        # AID: train the guidance module (resuming if the workdir has a checkpoint); "aid" then
+        # evaluates it against the baselines into <workdir>/eval.
+        from aid_jax import evaluate
+        from aid_jax.aid import train as aid_train
+
+        aid_train.train(config, workdir)
+        if config.mode == "aid":
+            out = evaluate.run(aid_train.evaluation_config(config, workdir), f"{workdir}/eval")
+            del out
     else:
         raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
 

@@ -32,19 +32,11 @@ from aid_jax.writers import MetricWriter
 RUN_DEFINING = ("seed", "model", "data", "optim", "loss", "train.batch_size")
 
 
-class ResumeError(ValueError):
-    """The workdir holds a run made with another configuration."""
-
-
-def _get(config, dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node.to_dict() if hasattr(node, "to_dict") else node
+ResumeError = checkpoint.ResumeError
 
 
 def run_fingerprint(config) -> dict:
-    return json.loads(json.dumps({k: _get(config, k) for k in RUN_DEFINING}, default=str))
+    return checkpoint.config_fingerprint(config, RUN_DEFINING)
 
 
 def backbone_config(config) -> edm.EDMConfig:
@@ -180,15 +172,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
     )
-    restored = checkpoint.restore_latest(manager, abstract)
+    restored = checkpoint.restore_run(manager, abstract, fingerprint, workdir)
     if restored is not None:
         step0, state, meta = restored
-        if meta.get("fingerprint") != fingerprint:
-            diff = [k for k in fingerprint if meta.get("fingerprint", {}).get(k) != fingerprint[k]]
-            raise ResumeError(
-                f"{workdir} holds a run made with a different configuration (differs in {diff}). "
-                "Use a new --workdir, or the original config, to resume."
-            )
         print(f"resumed from step {step0} in {workdir}")
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
 

@@ -14,36 +14,21 @@ import datetime
 import json
 import pathlib
 import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax.backbones import loader
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-# edm-afhqv2-64x64-uncond-vp.pkl: EDMPrecond + SongUNet DDPM++ (EDM_REFERENCE.md §10.1).
-AFHQ_KWARGS = dict(
-    img_resolution=64,
-    img_channels=3,
-    label_dim=0,
-    use_fp16=False,
-    sigma_min=0,
-    sigma_max=float("inf"),
-    sigma_data=0.5,
-    model_type="SongUNet",
-    augment_dim=9,
-    model_channels=128,
-    channel_mult=[1, 2, 2, 2],
-    channel_mult_noise=1,
-    embedding_type="positional",
-    encoder_type="standard",
-    decoder_type="standard",
-    resample_filter=[1, 1],
-    num_blocks=4,
-    attn_resolutions=[16],
-    dropout=0.25,
-)
+from aid_jax.backbones import loader  # noqa: E402
+from configs.afhq import DDPMPP_64  # noqa: E402
+
+# edm-afhqv2-64x64-uncond-vp.pkl: EDMPrecond + SongUNet DDPM++ (EDM_REFERENCE.md §10.1); the one
+# definition lives in configs/afhq.py.
+AFHQ_KWARGS = DDPMPP_64
 
 
 def measure(fn, params, x, sigma, *, min_seconds: float, min_reps: int) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from aid_jax.backbones.loader import (
     Backbone,
     BackboneError,
+    backbone_from_config,
     config_from_checkpoint,
     denoise,
     init_params,
@@ -16,6 +17,7 @@ from aid_jax.backbones.loader import (
 __all__ = [
     "Backbone",
     "BackboneError",
+    "backbone_from_config",
     "config_from_checkpoint",
     "denoise",
     "init_params",

@@ -401,3 +401,28 @@ def load_backbone(path: str | os.PathLike, *, network_key: str = "ema") -> Backb
             "NVIDIA .pkl checkpoint."
         )
     return backbone_from_checkpoint(path, network_key=network_key)
+
+
+def backbone_from_config(backbone_config) -> Backbone:
+    """The backbone a run config names: ``path`` (ported folder or NVIDIA pickle), or — for smoke
+    tests of the full architectures — ``random = {precond, init_kwargs, seed}``, a randomly
+    initialised network (``manifest['random']`` records the recipe, so it can be rebuilt)."""
+    cfg = (
+        backbone_config.to_dict() if hasattr(backbone_config, "to_dict") else dict(backbone_config)
+    )
+    if cfg.get("path"):
+        return load_backbone(cfg["path"])
+    spec = cfg.get("random")
+    if not spec:
+        raise BackboneError(
+            "config.backbone needs a path (a ported folder or an NVIDIA .pkl, e.g. "
+            "edm-afhqv2-64x64-uncond-vp.pkl) or a random={precond, init_kwargs, seed} recipe"
+        )
+    config = config_from_checkpoint(spec["precond"], dict(spec["init_kwargs"]))
+    params = init_params(jax.random.key(int(spec.get("seed", 0))), config)
+    manifest = dict(
+        source_name=f"random {spec['precond']} (seed {int(spec.get('seed', 0))})",
+        random=_jsonable(spec),
+        params_sha256=tree_sha256(params),
+    )
+    return Backbone(params=params, config=config, manifest=manifest)

@@ -1,0 +1,343 @@
+"""AID's controlled sampler (AID.md §2): the frozen EDM sampler with an additive guidance drift.
+
+Clock. A uniform *step clock* r_k = k/K on [0, 1] (Δr = 1/K, horizon T = 1) over the EDM
+schedule σ_0 = σ_max > … > σ_{K-1} = σ_min, σ_K = 0 (:func:`aid_jax.sampling.edm_sigmas`). On step
+k the noise level moves linearly in r, dσ/dr = K (σ_{k+1} − σ_k), so the probability-flow ODE
+dx/dσ = (x − D(x; σ))/σ reads, on the clock,
+
+    dx/dr = b_k(x) + u,    b_k(x) = K (σ_{k+1} − σ_k) (x − D(x; σ_k)) / σ_k,
+
+with the guidance u *added to the drift* (AID.md §1). The Euler step
+
+    x_{k+1} = x_k + Δr (b_k + u_k)
+
+is exactly EDM's Euler step plus Δr·u_k.
+
+Training rollouts (:func:`rollout`). The action is drawn from the Gaussian policy
+A_k = μ_k + s ε_k, ε_k ~ N(0, I), with s = √(2λ/β) per coordinate for the per-dimension costs of
+AID.md §2 (:func:`gaussian_policy_std`), and advances the Euler step, u_k = A_k. Randomness comes
+only from X_0 and ε; the denoiser runs forward only, under ``stop_gradient``. Everything the losses
+need is stored (``Rollout``): X_0..X_K, D_0..D_{K-1}, ε_k and μ_k (the action is μ_k + s ε_k).
+Memory: (K + 1) + 3K states of the batch's shape; fine for images at K ≤ 18.
+
+Deployment (:func:`controlled_sample`). The noise is dropped (u = μ). Euler as above (NFE K) or
+Heun on the step clock (NFE 2K − 1): for a step ending at σ_{k+1} > 0,
+
+    f_1 = b(σ_k, x_k) + μ(k, r_k, σ_k, x_k, D(x_k; σ_k)),      x̃ = x_k + Δr f_1,
+    f_2 = K (σ_{k+1} − σ_k) (x̃ − D(x̃; σ_{k+1})) / σ_{k+1}
+          + μ(k+1, r_{k+1}, σ_{k+1}, x̃, D(x̃; σ_{k+1})),
+    x_{k+1} = x_k + Δr (f_1 + f_2) / 2,
+
+i.e. the trapezoidal rule with dσ/dr of the current step in both stages, so that for μ = 0 it is
+EDM's Heun step x_k + (σ_{k+1} − σ_k)(d + d')/2 exactly; the last step (to σ_K = 0) is Euler, as
+in EDM. The guidance is evaluated at both stages and added to both drifts (the second stage at
+step index k + 1 ≤ K − 1, so a per-step guidance trained with K steps is used at its own steps).
+
+The guidance is any closure ``guidance_mean(k, r, sigma, x, denoised) -> μ`` (``k`` int32 0-d,
+``r`` and ``sigma`` float 0-d, ``x``/``denoised`` ``[B, ...]``): for images a conv net of
+(x, D, y, m) with its parameters and the batch's (y, m) closed over; for the linear–quadratic
+benchmark a per-step linear map (``aid_jax.aid.lq``). The loops are one ``lax.scan`` each, so the
+denoiser and the guidance are traced once per solver stage, not once per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "GuidanceMeanFn",
+    "Rollout",
+    "ControlledSample",
+    "controlled_nfe",
+    "controlled_sample",
+    "euler_step",
+    "ode_drift",
+    "pair_up",
+    "gaussian_policy_std",
+    "rollout",
+    "step_clock",
+]
+
+GuidanceMeanFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+"""``guidance_mean(k int32 0-d, r 0-d, sigma 0-d, x [B,...], denoised [B,...]) -> mu [B,...]``."""
+
+DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""``denoise(x [B,...], sigma [B]) -> D(x; sigma)`` (as in :mod:`aid_jax.sampling`)."""
+
+
+def step_clock(num_steps: int) -> jax.Array:
+    """The step clock r_k = k/K, k = 0..K, float32 ``[K + 1]`` (r_0 = 0, r_K = T = 1)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    return jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
+
+
+def gaussian_policy_std(lam: float, beta: float) -> float:
+    """Per-coordinate std s = √(2λ/β) of the Gaussian policy for per-dimension costs (AID.md §2).
+
+    With running cost (β/2)‖a‖²/d the paper's policy variance 2λ/(βd) on the unnormalised cost
+    becomes 2λ/β per coordinate, and E[(β/2)‖A‖²/d] = (β/2)‖μ‖²/d + λ.
+    """
+    if not lam > 0 or not beta > 0:
+        raise ValueError(f"lam (temperature) and beta must be > 0, got lam={lam!r}, beta={beta!r}")
+    return float(np.sqrt(2.0 * lam / beta))
+
+
+def ode_drift(
+    x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_next: jax.Array, num_steps: int
+) -> jax.Array:
+    """Probability-flow drift on the step clock, b_k = K (σ_{k+1} − σ_k)(x − D)/σ_k (AID.md §2).
+
+    Args:
+        x: State ``[B, ...]`` at noise level ``sigma``.
+        denoised: D(x; sigma), same shape.
+        sigma: σ_k > 0 (0-d).
+        sigma_next: σ_{k+1} (0-d), may be 0.
+        num_steps: K.
+    """
+    return (num_steps * (sigma_next - sigma)) * (x - denoised) / sigma
+
+
+def euler_step(
+    x: jax.Array,
+    denoised: jax.Array,
+    u: jax.Array,
+    sigma: jax.Array,
+    sigma_next: jax.Array,
+    num_steps: int,
+) -> jax.Array:
+    """One Euler step on the step clock, x + Δr (b_k + u) (= EDM Euler + Δr·u)."""
+    return x + (ode_drift(x, denoised, sigma, sigma_next, num_steps) + u) / num_steps
+
+
+def pair_up(tree):
+    """Duplicates every array of a pytree along axis 0: ``a -> concatenate([a, a])``.
+
+    Builds an antithetic batch for :func:`rollout` (``antithetic=True``): sample ``i`` and
+    ``i + B/2`` share X_0 and their conditioning (y, m, x0, ...) and receive noises ε and −ε.
+    """
+    return jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a], axis=0), tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """The arrays of one training rollout under the Gaussian policy (a pytree).
+
+    Attributes:
+        xs: ``[K + 1, B, ...]`` states X_0..X_K (``xs[0]`` the start, ``xs[-1]`` the terminal).
+        denoised: ``[K, B, ...]`` D(X_k; σ_k).
+        eps: ``[K, B, ...]`` policy noise ε_k (antithetic: ``eps[:, B/2:] = -eps[:, :B/2]``).
+        means: ``[K, B, ...]`` policy means μ_k (no gradient).
+        sigmas: ``[K + 1]`` noise levels (σ_K = 0).
+        policy_std: s, a 0-d array or one broadcastable to ``[B, ...]`` (per coordinate).
+    """
+
+    xs: jax.Array
+    denoised: jax.Array
+    eps: jax.Array
+    means: jax.Array
+    sigmas: jax.Array
+    policy_std: jax.Array
+
+    @property
+    def num_steps(self) -> int:
+        """K (static)."""
+        return self.sigmas.shape[0] - 1
+
+    @property
+    def r(self) -> jax.Array:
+        """Step clock r_k = k/K, ``[K + 1]``."""
+        return step_clock(self.num_steps)
+
+    @property
+    def actions(self) -> jax.Array:
+        """A_k = μ_k + s ε_k, ``[K, B, ...]``."""
+        return self.means + self.policy_std * self.eps
+
+    @property
+    def drifts(self) -> jax.Array:
+        """b_k from the stored X_k and D_k, ``[K, B, ...]`` (no denoiser call)."""
+        k = self.num_steps
+        shape = (k,) + (1,) * (self.xs.ndim - 1)
+        s0 = self.sigmas[:-1].reshape(shape)
+        s1 = self.sigmas[1:].reshape(shape)
+        return ode_drift(self.xs[:-1], self.denoised, s0, s1, k)
+
+
+jax.tree_util.register_dataclass(
+    Rollout,
+    data_fields=["xs", "denoised", "eps", "means", "sigmas", "policy_std"],
+    meta_fields=[],
+)
+
+
+def _check_inputs(x: jax.Array, sigmas) -> tuple[jax.Array, jax.Array]:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x_init must be a floating array, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"x_init must be [B, ...] with at least one feature axis, got {x.shape}")
+    sigmas = jnp.asarray(sigmas, x.dtype)
+    if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+        raise ValueError(
+            f"sigmas must have shape [K + 1] with K >= 1 (e.g. sampling.edm_sigmas(K)), got "
+            f"{sigmas.shape}"
+        )
+    return x, sigmas
+
+
+def rollout(
+    denoise: DenoiseFn,
+    guidance_mean: GuidanceMeanFn,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    key: jax.Array,
+    *,
+    policy_std: float | jax.Array,
+    antithetic: bool = False,
+) -> Rollout:
+    """Rolls out K Euler steps of the controlled sampler under the Gaussian policy (AID.md §4).
+
+    For k = 0..K−1 (one ``lax.scan``): D_k = sg[D(X_k; σ_k)], μ_k = sg[μ(k, r_k, σ_k, X_k, D_k)],
+    ε_k ~ N(0, I) from ``fold_in(key, k)``, A_k = μ_k + s ε_k and
+    X_{k+1} = X_k + Δr (b_k + A_k). Nothing in the result carries a gradient: the losses
+    re-evaluate the networks on the stored arrays.
+
+    Args:
+        denoise: Frozen denoiser ``D(x [B,...], sigma [B]) -> [B,...]``.
+        guidance_mean: Policy mean ``μ(k, r, sigma, x, denoised) -> [B,...]``.
+        x_init: X_0 at ``sigmas[0]`` (e.g. σ_max·n, n ~ N(0, I)), ``[B, ...]``; used as is.
+        sigmas: ``[K + 1]`` decreasing noise levels ending with 0 (``sampling.edm_sigmas(K)``).
+        key: PRNG key of the policy noise.
+        policy_std: s, a float or an array broadcastable to ``x_init.shape[1:]`` (or to
+            ``x_init.shape``); :func:`gaussian_policy_std` gives √(2λ/β).
+        antithetic: Draw ε for the first half of the batch and use −ε for the second; sample i
+            pairs with i + B/2. The caller makes the pairs share X_0 and their conditioning
+            (:func:`pair_up`). Needs an even batch.
+
+    Returns:
+        :class:`Rollout`.
+
+    Raises:
+        ValueError: On bad shapes, or ``antithetic`` with an odd batch.
+    """
+    x, sigmas = _check_inputs(x_init, sigmas)
+    dtype = x.dtype
+    batch = x.shape[0]
+    if antithetic and batch % 2:
+        raise ValueError(f"antithetic=True needs an even batch (pairs i, i + B/2); got B = {batch}")
+    s = jnp.asarray(policy_std, dtype)
+    num_steps = sigmas.shape[0] - 1
+    r = step_clock(num_steps).astype(dtype)
+    noise_shape = ((batch // 2) if antithetic else batch,) + x.shape[1:]
+
+    def step(x_k, xs):
+        k, r_k, sigma, sigma_next = xs
+        denoised = jax.lax.stop_gradient(
+            denoise(x_k, jnp.broadcast_to(sigma, (batch,))).astype(dtype)
+        )
+        mu = jax.lax.stop_gradient(
+            jnp.asarray(guidance_mean(k, r_k, sigma, x_k, denoised)).astype(dtype)
+        )
+        eps = jax.random.normal(jax.random.fold_in(key, k), noise_shape, dtype)
+        if antithetic:
+            eps = jnp.concatenate([eps, -eps], axis=0)
+        x_next = euler_step(x_k, denoised, mu + s * eps, sigma, sigma_next, num_steps)
+        return x_next, (x_k, denoised, eps, mu)
+
+    ks = jnp.arange(num_steps, dtype=jnp.int32)
+    x_last, (xs, den, eps, mus) = jax.lax.scan(step, x, (ks, r[:-1], sigmas[:-1], sigmas[1:]))
+    xs = jnp.concatenate([xs, x_last[None]], axis=0)
+    return Rollout(xs=xs, denoised=den, eps=eps, means=mus, sigmas=sigmas, policy_std=s)
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlledSample:
+    """Output of :func:`controlled_sample` (a pytree; ``nfe`` is static).
+
+    Attributes:
+        x: Final state x_K, float.
+        nfe: Denoiser evaluations per sample (K for Euler, 2K − 1 for Heun).
+    """
+
+    x: jax.Array
+    nfe: int
+
+
+jax.tree_util.register_dataclass(ControlledSample, data_fields=["x"], meta_fields=["nfe"])
+
+SOLVERS = ("euler", "heun")
+
+
+def controlled_nfe(num_steps: int, solver: str = "euler") -> int:
+    """Denoiser evaluations of :func:`controlled_sample`: K (Euler) or 2K − 1 (Heun)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return 2 * num_steps - 1 if solver == "heun" else num_steps
+
+
+def controlled_sample(
+    denoise: DenoiseFn,
+    guidance_mean: GuidanceMeanFn | None,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    solver: str = "euler",
+) -> ControlledSample:
+    """Deterministic deployment: the controlled ODE with u = μ (no policy noise).
+
+    Euler: x_{k+1} = x_k + Δr (b_k + μ_k). Heun: the step-clock trapezoidal rule of the module
+    docstring, μ evaluated and added at both stages, the last step (to σ = 0) Euler. Any K; with
+    ``guidance_mean=None`` (or μ ≡ 0) this is the plain EDM Euler / Heun sampler.
+
+    Args:
+        denoise: Frozen denoiser.
+        guidance_mean: ``μ(k, r, sigma, x, denoised)``, or None for no guidance.
+        x_init: State at ``sigmas[0]``, ``[B, ...]``.
+        sigmas: ``[K + 1]`` decreasing noise levels (ending with 0 for a full sampler).
+        solver: ``'euler'`` or ``'heun'``.
+
+    Returns:
+        :class:`ControlledSample` with x_K and the static NFE.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    x, sigmas = _check_inputs(x_init, sigmas)
+    dtype = x.dtype
+    batch = x.shape[0]
+    num_steps = sigmas.shape[0] - 1
+    r = step_clock(num_steps).astype(dtype)
+    heun = solver == "heun"
+
+    def slope(k, r_k, sigma_eval, x_k, ds_dr):
+        # dx/dr = (dσ/dr)(x − D(x; σ))/σ + μ(k, r, σ, x, D) on the current step's segment.
+        denoised = denoise(x_k, jnp.broadcast_to(sigma_eval, (batch,))).astype(dtype)
+        f = ds_dr * (x_k - denoised) / sigma_eval
+        if guidance_mean is not None:
+            f = f + jnp.asarray(guidance_mean(k, r_k, sigma_eval, x_k, denoised)).astype(dtype)
+        return f
+
+    def step(x_k, xs):
+        k, r_k, r_next, sigma, sigma_next = xs
+        ds_dr = num_steps * (sigma_next - sigma)
+        f1 = slope(k, r_k, sigma, x_k, ds_dr)
+        x_next = x_k + f1 / num_steps
+        if heun:
+
+            def correct(x_e):
+                # Safe denominator in case both branches run (e.g. under vmap).
+                sigma_safe = jnp.where(sigma_next > 0, sigma_next, jnp.ones((), dtype))
+                f2 = slope(k + 1, r_next, sigma_safe, x_e, ds_dr)
+                return x_k + (0.5 * f1 + 0.5 * f2) / num_steps
+
+            x_next = jax.lax.cond(sigma_next > 0, correct, lambda x_e: x_e, x_next)
+        return x_next, None
+
+    ks = jnp.arange(num_steps, dtype=jnp.int32)
+    x_last, _ = jax.lax.scan(step, x, (ks, r[:-1], r[1:], sigmas[:-1], sigmas[1:]))
+    return ControlledSample(x=x_last, nfe=controlled_nfe(num_steps, solver))

@@ -1,0 +1,903 @@
+"""The linear–quadratic benchmark with a known optimum (AID.md §5).
+
+Data x0 ~ N(0, Σ) on an H x W single-channel image (:class:`aid_jax.gaussian.GaussianWorld`), a
+fixed mask m (1 = known), observations y = m ⊙ x0, the exact denoiser D(x; σ) = P_σ x with
+P_σ = Σ(Σ + σ²I)⁻¹. The controlled Euler sampler of :mod:`aid_jax.aid.control` is then linear,
+
+    x_{k+1} = A_k x_k + Δr u_k,    A_k = I + ((σ_{k+1} − σ_k)/σ_k)(I − P_{σ_k}),
+
+and with c = E[x0 | y] = L y, C = Cov[x0 | y] the expected cost of a control is
+
+    J = E[ Σ_k (β/2)‖u_k‖²/d Δr + ‖x_K − c‖²/d ] + tr(C)/d.
+
+Optimum (Φ_{K,j} = A_{K−1}⋯A_j, a = 2Δr/β, G_k = Σ_{j≥k} Φ_{K,j+1}Φ_{K,j+1}ᵀ, M_k = I + a G_k):
+for every (X_0, y) the least-squares problem has u_j = −(2/β)Φ_{K,j+1}ᵀ(x_K − c) with
+x_K − c = M_0⁻¹(Φ_{K,0}X_0 − c), and the same argument from step k gives the optimal feedback
+
+    u*_k(x, y) = −(2/β) Φ_{K,k+1}ᵀ M_k⁻¹ (Φ_{K,k} x − L y),
+
+linear in (x, y). Its cost for one (X_0, y) is e ᵀM_0⁻¹e/d + tr(C)/d with e = Φ_{K,0}X_0 − c
+(the running and terminal parts combine: M⁻¹(aG + I)M⁻¹ = M⁻¹), so with X_0 ~ N(0, σ_0²I) and
+Cov[c] = Σ − C
+
+    J* = tr(M_0⁻¹ (σ_0² Φ_{K,0}Φ_{K,0}ᵀ + Σ − C))/d + tr(C)/d.
+
+The relaxed (Gaussian-policy) problem adds λT and a policy-independent noise term, and by
+certainty equivalence has the same optimal mean. Any linear feedback u_k = F_k x + G_k y + h_k
+is evaluated exactly (:meth:`LQProblem.policy_cost`) by propagating the mean and covariance of
+(x_k, x0) in float64.
+
+Learned function classes (they contain the optimum): a per-step linear actor
+μ_k = F_k φ_x + G_k φ_y (+ h_k) and a per-step quadratic critic V_k = zᵀQ_k z + q_kᵀz + c_k,
+z = (φ_x, φ_y), over features linear in (x, y):
+
+* ``'xy'`` (plain): φ_x = c_in(σ_k) x with c_in = 1/√(σ_k² + σ_data²), φ_y = y on the observed
+  pixels;
+* ``'whitened'`` (better conditioned): φ_x = Cov[X_k]^{-1/2} x with the state covariance of the
+  zero actor's training rollout (prior dynamics plus policy noise), φ_y = Σ_oo^{-1/2} y_o — the
+  features then have roughly identity covariance, which removes the ~1e7 spread of the SE
+  covariance's spectrum from the learning problem.
+
+Training (:func:`train`) uses the generic rollout and losses of :mod:`aid_jax.aid.control` and
+:mod:`aid_jax.aid.losses` — the code the image trainer uses — with Adam (optax), jit and
+``lax.scan`` over iterations in chunks; every variance-reduction device is an option of
+:class:`LQTrainConfig` and the paper's form is ``LQTrainConfig.paper()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aid_jax import masks as masks_lib
+from aid_jax.aid import control, losses
+from aid_jax.gaussian import GaussianWorld
+from aid_jax.sampling import edm_sigmas
+
+__all__ = [
+    "FEATURES",
+    "MASKS",
+    "LQProblem",
+    "LQTrainConfig",
+    "TrainResult",
+    "actor_mean",
+    "critic_value",
+    "init_actor",
+    "init_critic",
+    "linearize_actor",
+    "lq_mask",
+    "monte_carlo_cost",
+    "optimal_actor_params",
+    "train",
+]
+
+MASKS = ("top_half", "bottom_half", "left_half", "center_box", "random_pixels", "random_boxes")
+FEATURES = ("xy", "whitened")
+
+
+def lq_mask(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A fixed mask float32 ``[H, W, 1]`` (1 = known) for the benchmark.
+
+    ``top_half``: the top half known, the bottom half missing (AID.md §5); ``bottom_half`` /
+    ``left_half`` name the known half likewise; ``center_box`` (half the side),
+    ``random_pixels`` (50 % dropout) and ``random_boxes`` are :mod:`aid_jax.masks` families
+    drawn with ``seed``.
+    """
+    if kind in ("top_half", "bottom_half", "left_half"):
+        side = {"top_half": "bottom", "bottom_half": "top", "left_half": "right"}[kind]
+        m = masks_lib.make_masks("half", 1, (height, width), seed=seed, side=side)
+    elif kind == "center_box":
+        m = masks_lib.make_masks("center_box", 1, (height, width), seed=seed, fraction=0.5)
+    elif kind == "random_pixels":
+        m = masks_lib.make_masks("pixel_dropout", 1, (height, width), seed=seed, p=0.5)
+    elif kind == "random_boxes":
+        m = masks_lib.make_masks("random_boxes", 1, (height, width), seed=seed)
+    else:
+        raise ValueError(f"unknown mask {kind!r}; choose from {MASKS}")
+    return m[0]
+
+
+def _inv_sqrt_psd(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(0.5 * (a + a.T))
+    return (v / np.sqrt(w)) @ v.T
+
+
+# --------------------------------------------------------------------------------------------
+# The problem and its exact solution
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LQProblem:
+    """One linear–quadratic instance: world, mask, schedule, λ, β; exact quantities in float64.
+
+    Build with :meth:`create`. Flat vectors are row-major images (``image.reshape(d)``).
+
+    Attributes:
+        world: The Gaussian world (zero mean).
+        mask: float64 ``[d]``, 1 = known.
+        num_steps: K.
+        lam: Temperature λ.
+        beta: Control-cost weight β.
+        sigmas: float64 ``[K + 1]``: the float32 schedule of ``sampling.edm_sigmas`` (what the
+            JAX sampler runs on), widened.
+    """
+
+    world: GaussianWorld
+    mask: np.ndarray
+    num_steps: int
+    lam: float
+    beta: float
+    sigmas: np.ndarray
+
+    @classmethod
+    def create(
+        cls,
+        height: int = 8,
+        width: int = 8,
+        *,
+        length_scale: float = 2.0,
+        variance: float = 0.25,
+        mask: str | np.ndarray = "top_half",
+        num_steps: int = 10,
+        lam: float = 0.1,
+        beta: float = 0.1,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        rho: float = 7.0,
+        mask_seed: int = 0,
+    ) -> LQProblem:
+        """The instance of AID.md §5 (defaults: 8x8, length scale 2, variance 0.25, top half
+        known, K = 10, λ = β = 0.1, EDM schedule)."""
+        world = GaussianWorld.squared_exponential(height, width, length_scale, variance)
+        if isinstance(mask, str):
+            mask = lq_mask(mask, height, width, mask_seed)
+        m = np.asarray(mask, np.float64).reshape(-1)
+        if m.shape != (height * width,) or not np.isin(m, (0.0, 1.0)).all():
+            raise ValueError(f"mask must have {height * width} values in {{0, 1}}")
+        if not 0 < m.sum() < m.size:
+            raise ValueError("mask must have both known (1) and missing (0) pixels")
+        if not lam > 0 or not beta > 0:
+            raise ValueError(f"lam and beta must be > 0, got {lam}, {beta}")
+        sig = np.asarray(edm_sigmas(num_steps, sigma_min, sigma_max, rho), np.float64)
+        return cls(world, m, int(num_steps), float(lam), float(beta), sig)
+
+    # -- basic quantities --------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self.world.dim
+
+    @property
+    def dr(self) -> float:
+        return 1.0 / self.num_steps
+
+    @property
+    def observed(self) -> np.ndarray:
+        """Indices of the known pixels (flat)."""
+        return np.flatnonzero(self.mask == 1.0)
+
+    @property
+    def policy_std(self) -> float:
+        return control.gaussian_policy_std(self.lam, self.beta)
+
+    @functools.cached_property
+    def transitions(self) -> np.ndarray:
+        """A_k, float64 ``[K, d, d]``."""
+        d, s = self.dim, self.world.cov
+        eye = np.eye(d)
+        out = []
+        for k in range(self.num_steps):
+            sk, sn = self.sigmas[k], self.sigmas[k + 1]
+            p = np.linalg.solve(s + sk**2 * eye, s).T  # Σ(Σ + σ²I)⁻¹ (symmetric factors)
+            out.append(eye + ((sn - sk) / sk) * (eye - p))
+        return np.stack(out)
+
+    @functools.cached_property
+    def propagators(self) -> np.ndarray:
+        """Φ_{K,j} = A_{K−1}⋯A_j for j = 0..K (Φ_{K,K} = I), float64 ``[K + 1, d, d]``."""
+        k, d = self.num_steps, self.dim
+        phi = np.empty((k + 1, d, d))
+        phi[k] = np.eye(d)
+        for j in range(k - 1, -1, -1):
+            phi[j] = phi[j + 1] @ self.transitions[j]
+        return phi
+
+    @functools.cached_property
+    def _posterior_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(L, C): c = L y for y with zeros in the hole (L's hole columns are 0); C = Cov[x0|y]."""
+        d, s = self.dim, self.world.cov
+        obs = self.mask == 1.0
+        hole = ~obs
+        lmap = np.zeros((d, d))
+        lmap[np.ix_(obs, obs)] = np.eye(int(obs.sum()))
+        lmap[np.ix_(hole, obs)] = np.linalg.solve(s[np.ix_(obs, obs)], s[np.ix_(obs, hole)]).T
+        _, cpost = self.world.posterior(np.zeros(d), self.mask)
+        return lmap, cpost
+
+    @property
+    def conditional_mean_map(self) -> np.ndarray:
+        """L with c = E[x0 | y] = L y, float64 ``[d, d]``."""
+        return self._posterior_maps[0]
+
+    @property
+    def posterior_cov(self) -> np.ndarray:
+        """C = Cov[x0 | y], float64 ``[d, d]`` (zero on known pixels)."""
+        return self._posterior_maps[1]
+
+    def _m_matrix(self, k: int) -> np.ndarray:
+        phi = self.propagators
+        a = 2.0 * self.dr / self.beta
+        g = sum(phi[j + 1] @ phi[j + 1].T for j in range(k, self.num_steps))
+        return np.eye(self.dim) + a * g
+
+    # -- the optimum -------------------------------------------------------------------------
+
+    def optimal_cost(self) -> float:
+        """J* = tr(M_0⁻¹(σ_0² Φ_{K,0}Φ_{K,0}ᵀ + Σ − C))/d + tr(C)/d (closed form, module doc)."""
+        phi0 = self.propagators[0]
+        c = self.posterior_cov
+        e_cov = self.sigmas[0] ** 2 * phi0 @ phi0.T + self.world.cov - c
+        m0 = self._m_matrix(0)
+        return float((np.trace(np.linalg.solve(m0, e_cov)) + np.trace(c)) / self.dim)
+
+    def optimal_cost_given(self, x_init, y) -> float:
+        """Optimal expected cost given one start X_0 and observation y (expectation over x0 | y):
+        eᵀM_0⁻¹e/d + tr(C)/d with e = Φ_{K,0}X_0 − L y."""
+        x = np.asarray(x_init, np.float64).reshape(self.dim)
+        yv = np.asarray(y, np.float64).reshape(self.dim) * self.mask
+        e = self.propagators[0] @ x - self.conditional_mean_map @ yv
+        return float(
+            (e @ np.linalg.solve(self._m_matrix(0), e) + np.trace(self.posterior_cov)) / self.dim
+        )
+
+    def optimal_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """(F*, G*), float64 ``[K, d, d]`` each: u*_k = F*_k x + G*_k y (y = m ⊙ x0, full image).
+
+        F*_k = −(2/β) Φ_{K,k+1}ᵀ M_k⁻¹ Φ_{K,k}, G*_k = (2/β) Φ_{K,k+1}ᵀ M_k⁻¹ L.
+        """
+        phi = self.propagators
+        lmap = self.conditional_mean_map
+        fs, gs = [], []
+        for k in range(self.num_steps):
+            w = (2.0 / self.beta) * np.linalg.solve(self._m_matrix(k), phi[k + 1]).T
+            fs.append(-w @ phi[k])
+            gs.append(w @ lmap)
+        return np.stack(fs), np.stack(gs)
+
+    def unguided_cost(self) -> float:
+        """J_0: the cost of u ≡ 0 (the plain Euler sampler)."""
+        z = np.zeros((self.num_steps, self.dim, self.dim))
+        return self.policy_cost(z, z)
+
+    def policy_cost(self, f: np.ndarray, g: np.ndarray, h: np.ndarray | None = None) -> float:
+        """Exact expected cost of the deterministic feedback u_k = F_k x + G_k y + h_k.
+
+        Propagates the mean and covariance of z_k = (x_k, x0) in float64: z_0 has mean 0 and
+        covariance diag(σ_0² I, Σ); u_k = T_k z_k + h_k with T_k = [F_k, G_k diag(m)];
+        E‖u_k‖² = tr(T_k S_k T_kᵀ) + ‖T_k μ_k + h_k‖²; terminal E‖x_K − x0‖² likewise.
+
+        Args:
+            f: ``[K, d, d]`` gains on x.
+            g: ``[K, d, d]`` gains on y (y with zeros in the hole; hole columns do not matter).
+            h: Optional ``[K, d]`` offsets.
+
+        Returns:
+            J (float).
+        """
+        k_steps, d = self.num_steps, self.dim
+        f = np.asarray(f, np.float64)
+        g = np.asarray(g, np.float64)
+        if f.shape != (k_steps, d, d) or g.shape != (k_steps, d, d):
+            raise ValueError(
+                f"gains must be [K, d, d] = {(k_steps, d, d)}, got {f.shape}, {g.shape}"
+            )
+        h = np.zeros((k_steps, d)) if h is None else np.asarray(h, np.float64)
+        eye, zero = np.eye(d), np.zeros((d, d))
+        cov = np.block([[self.sigmas[0] ** 2 * eye, zero], [zero, self.world.cov]])
+        mean = np.zeros(2 * d)
+        running = 0.0
+        for k in range(k_steps):
+            t = np.concatenate([f[k], g[k] * self.mask[None, :]], axis=1)  # [d, 2d]
+            mu_u = t @ mean + h[k]
+            running += 0.5 * self.beta * self.dr * (np.trace(t @ cov @ t.T) + mu_u @ mu_u) / d
+            step = np.block(
+                [[self.transitions[k] + self.dr * f[k], self.dr * t[:, d:]], [zero, eye]]
+            )
+            cov = step @ cov @ step.T
+            mean = step @ mean + np.concatenate([self.dr * h[k], np.zeros(d)])
+        e = np.concatenate([eye, -eye], axis=1)
+        me = e @ mean
+        terminal = (np.trace(e @ cov @ e.T) + me @ me) / d
+        return float(running + terminal)
+
+    def gap_closed(self, cost: float) -> float:
+        """(J_0 − J)/(J_0 − J*)."""
+        j0, js = self.unguided_cost(), self.optimal_cost()
+        return float((j0 - cost) / (j0 - js))
+
+    # -- constants for the JAX side ----------------------------------------------------------
+
+    @functools.cached_property
+    def rollout_state_covariances(self) -> np.ndarray:
+        """Cov[X_k] of the training rollout of the zero actor (policy noise only), k = 0..K−1.
+
+        Cov_0 = σ_0² I, Cov_{k+1} = A_k Cov_k A_kᵀ + Δr² s² I; float64 ``[K, d, d]``.
+        """
+        d = self.dim
+        q = (self.dr * self.policy_std) ** 2 * np.eye(d)
+        cov = self.sigmas[0] ** 2 * np.eye(d)
+        out = []
+        for k in range(self.num_steps):
+            out.append(cov)
+            cov = self.transitions[k] @ cov @ self.transitions[k].T + q
+        return np.stack(out)
+
+    @functools.cached_property
+    def features_whitening(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Cov[X_k]^{-1/2} ``[K, d, d]``, Σ_oo^{-1/2} ``[n_obs, n_obs]``)."""
+        wx = np.stack([_inv_sqrt_psd(c) for c in self.rollout_state_covariances])
+        obs = self.observed
+        wy = _inv_sqrt_psd(self.world.cov[np.ix_(obs, obs)])
+        return wx, wy
+
+    def feature_maps(self, features: str) -> tuple[np.ndarray, np.ndarray]:
+        """Linear feature maps (φ_x = Wx_k x, φ_y = Wy y_o): ``([K, d, d], [n_obs, n_obs])``."""
+        if features == "xy":
+            var = float(np.mean(np.diag(self.world.cov)))
+            c_in = 1.0 / np.sqrt(self.sigmas[:-1] ** 2 + var)
+            wx = c_in[:, None, None] * np.eye(self.dim)[None]
+            return wx, np.eye(self.observed.size)
+        if features == "whitened":
+            return self.features_whitening
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+
+    def sample_factor(self) -> np.ndarray:
+        """R with x0 = z Rᵀ ~ N(0, Σ) for z ~ N(0, I): R = U diag(√λ)."""
+        return self.world.eigenvectors * np.sqrt(np.clip(self.world.eigenvalues, 0, None))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-step linear actor and quadratic critic
+# --------------------------------------------------------------------------------------------
+
+
+def _constants(
+    problem: LQProblem, features: str, center: bool = False, x0: bool = False
+) -> dict[str, jax.Array]:
+    """Feature constants; ``x0=True`` conditions on the clean image x0 (all d pixels, whitened
+    with Σ^{-1/2} for ``'whitened'``) instead of the observed pixels of y."""
+    wx, wy = problem.feature_maps(features)
+    if x0:
+        idx = np.arange(problem.dim)
+        wy = _inv_sqrt_psd(problem.world.cov) if features == "whitened" else np.eye(problem.dim)
+    else:
+        idx = problem.observed
+    cov_y = wy @ problem.world.cov[np.ix_(idx, idx)] @ wy.T
+    zcov = []
+    for k in range(problem.num_steps):
+        cov_x = wx[k] @ problem.rollout_state_covariances[k] @ wx[k].T
+        n_x, n_y = cov_x.shape[0], cov_y.shape[0]
+        zcov.append(np.block([[cov_x, np.zeros((n_x, n_y))], [np.zeros((n_y, n_x)), cov_y]]))
+    return {
+        "zcov": jnp.asarray(np.stack(zcov), jnp.float32),
+        "center": jnp.float32(1.0 if center else 0.0),
+        "wx": jnp.asarray(wx, jnp.float32),
+        "wy": jnp.asarray(wy, jnp.float32),
+        "obs": jnp.asarray(idx, jnp.int32),
+    }
+
+
+def init_actor(problem: LQProblem, *, bias: bool = False) -> dict[str, jax.Array]:
+    """Zero-initialised actor (the unguided sampler): F ``[K, d, d]``, G ``[K, d, n_obs]``
+    (+ h ``[K, d]``)."""
+    k, d, n = problem.num_steps, problem.dim, problem.observed.size
+    p = {"F": jnp.zeros((k, d, d), jnp.float32), "G": jnp.zeros((k, d, n), jnp.float32)}
+    if bias:
+        p["h"] = jnp.zeros((k, d), jnp.float32)
+    return p
+
+
+def init_critic(problem: LQProblem, *, x0: bool = False) -> dict[str, jax.Array]:
+    """Zero-initialised per-step quadratic critic over z = (φ_x, φ_y): Q ``[K, n, n]``,
+    q ``[K, n]``, c ``[K]`` with n = d + n_obs (n = 2d with ``x0=True``: z = (φ_x, φ_x0))."""
+    k = problem.num_steps
+    n = problem.dim + (problem.dim if x0 else problem.observed.size)
+    return {
+        "Q": jnp.zeros((k, n, n), jnp.float32),
+        "q": jnp.zeros((k, n), jnp.float32),
+        "c": jnp.zeros((k,), jnp.float32),
+    }
+
+
+def _features(consts, k, x, y):
+    b = x.shape[0]
+    hi = jax.lax.Precision.HIGHEST
+    fx = jnp.matmul(x.reshape(b, -1), consts["wx"][k].T, precision=hi)
+    fy = jnp.matmul(y.reshape(b, -1)[:, consts["obs"]], consts["wy"].T, precision=hi)
+    return fx, fy
+
+
+def actor_mean(params, consts, k, x, y) -> jax.Array:
+    """μ_k = F_k φ_x + G_k φ_y (+ h_k), shaped like ``x`` ``[B, H, W, 1]``."""
+    hi = jax.lax.Precision.HIGHEST
+    fx, fy = _features(consts, k, x, y)
+    mu = jnp.matmul(fx, params["F"][k].T, precision=hi) + jnp.matmul(
+        fy, params["G"][k].T, precision=hi
+    )
+    if "h" in params:
+        mu = mu + params["h"][k]
+    return mu.reshape(x.shape)
+
+
+def critic_value(params, consts, k, x, y) -> jax.Array:
+    """V_k(z) = zᵀQ_k z − ⟨Q_k, R_k⟩ + q_kᵀz + c_k, z = (φ_x, φ_y), ``[B]`` (the network part,
+    no −λr).
+
+    R_k is the second-moment matrix of z under the zero actor's rollout (identity for whitened
+    features): the quadratic features z_i z_j − R_ij are then centred, so the constant level
+    is carried by c_k alone rather than by every diagonal entry of Q_k (the same function class;
+    it keeps the optimiser's noise on Q from moving the level coherently).
+    """
+    hi = jax.lax.Precision.HIGHEST
+    z = jnp.concatenate(_features(consts, k, x, y), axis=1)
+    qk = params["Q"][k]
+    qz = jnp.matmul(z, qk.T, precision=hi)
+    level = params["c"][k] - consts["center"] * jnp.sum(qk * consts["zcov"][k])
+    return jnp.sum(z * qz, axis=1) + jnp.matmul(z, params["q"][k], precision=hi) + level
+
+
+def optimal_actor_params(problem: LQProblem, features: str = "xy") -> dict[str, jax.Array]:
+    """The exact optimal gains written in the actor's parametrisation (float32)."""
+    f_star, g_star = problem.optimal_gains()
+    wx, wy = problem.feature_maps(features)
+    obs = problem.observed
+    f = np.stack([f_star[k] @ np.linalg.inv(wx[k]) for k in range(problem.num_steps)])
+    g = np.stack([g_star[k][:, obs] @ np.linalg.inv(wy) for k in range(problem.num_steps)])
+    return {"F": jnp.asarray(f, jnp.float32), "G": jnp.asarray(g, jnp.float32)}
+
+
+def linearize_actor(
+    mean_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], problem: LQProblem
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Effective (F, G, h) in (x, y) coordinates of any actor linear in (x, y).
+
+    ``mean_fn(k, x [B,H,W,1], y [B,H,W,1]) -> μ`` (e.g. the actor closure with D = P x inside);
+    F_k = ∂μ/∂x and G_k = ∂μ/∂y by forward-mode autodiff at 0, h_k = μ(0, 0). Independent of
+    the parametrisation, so every actor is scored by the same :meth:`LQProblem.policy_cost`.
+    """
+    d = problem.dim
+    shape = (1, *problem.world.image_shape)
+    eye = jnp.eye(d, dtype=jnp.float32)
+
+    @jax.jit
+    def one(k):
+        zero = jnp.zeros(shape, jnp.float32)
+
+        def fx(v):
+            return mean_fn(k, v.reshape(shape), zero).reshape(d)
+
+        def fy(v):
+            return mean_fn(k, zero, v.reshape(shape)).reshape(d)
+
+        jf = jax.vmap(lambda e: jax.jvp(fx, (jnp.zeros(d),), (e,))[1])(eye).T
+        jg = jax.vmap(lambda e: jax.jvp(fy, (jnp.zeros(d),), (e,))[1])(eye).T
+        return jf, jg, fx(jnp.zeros(d))
+
+    out = [one(jnp.int32(k)) for k in range(problem.num_steps)]
+    f, g, h = (np.stack([np.asarray(o[i], np.float64) for o in out]) for i in range(3))
+    return f, g, h
+
+
+def monte_carlo_cost(
+    problem: LQProblem,
+    mean_fn: Callable | None,
+    key: jax.Array,
+    num_samples: int = 65536,
+    batch: int = 8192,
+    solver: str = "euler",
+) -> tuple[float, float]:
+    """Monte-Carlo J of the deterministic Euler deployment (float32 JAX): (mean, std error).
+
+    Averages the plain per-sample cost Σ_k ℓ(u_k)Δr + ‖x_K − x0‖²/d over fresh (x0, X_0), so the
+    estimate is independent of the closed forms of :class:`LQProblem`.
+
+    Args:
+        problem: The instance.
+        mean_fn: ``mean_fn(k, x, y, denoised) -> μ``, or None for the unguided sampler.
+        key: PRNG key.
+        num_samples: Number of samples (rounded down to a multiple of ``batch``, at least one).
+        batch: Samples per jitted call.
+        solver: Only ``'euler'`` (the training dynamics).
+    """
+    shape = problem.world.image_shape
+    denoise = problem.world.denoiser()
+    sigmas = jnp.asarray(problem.sigmas, jnp.float32)
+    factor = jnp.asarray(problem.sample_factor(), jnp.float32)
+    m = jnp.asarray(problem.mask.reshape(shape), jnp.float32)
+    d, k_steps, beta = problem.dim, problem.num_steps, problem.beta
+
+    @jax.jit
+    def chunk(key):
+        k1, k2 = jax.random.split(key)
+        z = jax.random.normal(k1, (batch, d), jnp.float32)
+        x0 = jnp.matmul(z, factor.T, precision=jax.lax.Precision.HIGHEST).reshape(batch, *shape)
+        y = m * x0
+        x_init = sigmas[0] * jax.random.normal(k2, (batch, *shape), jnp.float32)
+        running = jnp.zeros((batch,), jnp.float32)
+
+        def guidance(k, r, sigma, x, den):
+            return mean_fn(k, x, y, den)
+
+        # Accumulate ℓ(μ_k)Δr alongside the sampler via a second scan (Euler deployment).
+        def step(carry, xs):
+            x, run = carry
+            k, sigma, sigma_next = xs
+            den = denoise(x, jnp.broadcast_to(sigma, (batch,)))
+            u = guidance(k, 0.0, sigma, x, den) if mean_fn is not None else jnp.zeros_like(x)
+            run = run + losses.running_cost(u, beta) / k_steps
+            return (control.euler_step(x, den, u, sigma, sigma_next, k_steps), run), None
+
+        if solver != "euler":
+            raise ValueError("monte_carlo_cost supports solver='euler' only")
+        (x_k, running), _ = jax.lax.scan(
+            step,
+            (x_init, running),
+            (jnp.arange(k_steps, dtype=jnp.int32), sigmas[:-1], sigmas[1:]),
+        )
+        return running + losses.terminal_cost(x_k, x0)
+
+    costs = []
+    for i in range(max(1, num_samples // batch)):
+        costs.append(np.asarray(chunk(jax.random.fold_in(key, i)), np.float64))
+    c = np.concatenate(costs)
+    return float(c.mean()), float(c.std(ddof=1) / np.sqrt(c.size))
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LQTrainConfig:
+    """Training options (hashable). ``LQTrainConfig.paper()`` is the paper's form.
+
+    Attributes:
+        actor: ``'lr'`` (likelihood ratio, the paper) or ``'pathwise'``.
+        iterations: Actor iterations (after ``critic_warmup``).
+        batch: Rollouts per iteration (observations x0 ~ N(0, Σ), y = m ⊙ x0, one X_0 each;
+            with ``antithetic`` B/2 observations, each used by a (ε, −ε) pair).
+        features: Actor/critic features, ``'xy'`` or ``'whitened'`` (module doc).
+        actor_bias: Add a per-step offset h_k to the actor.
+        actor_lr: Adam learning rate of the actor (peak value).
+        critic_lr: Critic learning rate (peak value; of Adam or of plain SGD, ``critic_opt``).
+        schedule: ``'constant'``, ``'cosine'`` or ``'linear'`` decay of both rates over the
+            actor iterations to ``final_lr_frac`` times the peak.
+        final_lr_frac: End value of the decay, relative.
+        antithetic: (ε, −ε) pairs sharing X_0 and y.
+        td_lambda: Critic trace parameter (0: TD(0), the paper; 1: Monte-Carlo returns).
+        adv_lambda: Actor advantage Σ_j τ_a^j δ_{k+j} (0: δ_k, the paper).
+        adv_norm: ``'none'``, ``'per_step'`` or ``'global'`` advantage normalisation.
+        critic_x0: Condition the critic on the clean image x0 instead of y (AID.md §3 allows
+            it; the actor never sees x0).
+        critic_opt: ``'sgd'`` (default) or ``'adam'`` for the critic. The critic is linear in
+            its ~10⁴ parameters per step; Adam's per-coordinate normalisation turns the
+            gradient noise into a random walk of every Q entry (a large value-noise floor),
+            plain SGD on the centred quadratic features does not. The SGD step size assumes
+            ``'whitened'`` features (unit covariance); with ``'xy'`` it diverges at 5e-3 — use
+            Adam there (as ``paper()`` does).
+        critic_center: Centre the critic's quadratic features (:func:`critic_value`), which
+            bounds the Hessian of the TD loss and lets SGD use a useful step size.
+        critic_steps: Critic updates per iteration (on the same rollout).
+        critic_warmup: Iterations of critic-only training before the actor moves.
+        ema: Polyak/EMA decay of the actor used for evaluation (0: off).
+        chunk: Iterations per jitted ``lax.scan`` call (evaluation happens between chunks).
+        seed: PRNG seed.
+    """
+
+    actor: str = "lr"
+    iterations: int = 30000
+    batch: int = 256
+    features: str = "whitened"
+    actor_bias: bool = False
+    actor_lr: float = 4e-3
+    critic_lr: float = 5e-3
+    schedule: str = "cosine"
+    final_lr_frac: float = 0.0
+    antithetic: bool = True
+    td_lambda: float = 0.0
+    adv_lambda: float = 0.0
+    adv_norm: str = "none"
+    critic_x0: bool = False
+    critic_opt: str = "sgd"
+    critic_center: bool = True
+    critic_steps: int = 1
+    critic_warmup: int = 0
+    ema: float = 0.0
+    chunk: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.actor not in ("lr", "pathwise"):
+            raise ValueError(f"actor must be 'lr' or 'pathwise', got {self.actor!r}")
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"schedule must be constant, cosine or linear, got {self.schedule!r}")
+        if self.critic_opt not in ("adam", "sgd"):
+            raise ValueError(f"critic_opt must be 'adam' or 'sgd', got {self.critic_opt!r}")
+        if self.adv_norm not in ("none", "per_step", "global"):
+            raise ValueError(f"adv_norm must be none, per_step or global, got {self.adv_norm!r}")
+        if self.batch < 2 or (self.antithetic and self.batch % 2):
+            raise ValueError(f"batch must be >= 2 (and even with antithetic), got {self.batch}")
+        for name in ("iterations", "chunk", "critic_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.critic_warmup < 0:
+            raise ValueError("critic_warmup must be >= 0")
+
+    @classmethod
+    def paper(cls, **overrides) -> LQTrainConfig:
+        """The paper's form: LR actor with δ_k, TD(0) critic trained with Adam on plain
+        (uncentred) features, no antithetic pairs, no normalisation, constant learning rates
+        (Adam 1e-4 actor, 1e-3 critic), no EMA."""
+        base = dict(
+            actor="lr",
+            features="xy",
+            critic_x0=False,
+            critic_opt="adam",
+            critic_center=False,
+            schedule="constant",
+            antithetic=False,
+            td_lambda=0.0,
+            adv_lambda=0.0,
+            adv_norm="none",
+            critic_steps=1,
+            critic_warmup=0,
+            ema=0.0,
+            actor_lr=1e-4,
+            critic_lr=1e-3,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Output of :func:`train`.
+
+    Attributes:
+        actor: Final actor parameters (the EMA when ``config.ema > 0``).
+        critic: Final critic parameters.
+        history: One dict per evaluation: iteration, seconds, cost J (exact), gap closed.
+        seconds: Wall time of the training loop (compilation included).
+    """
+
+    actor: dict
+    critic: dict
+    history: list[dict]
+    seconds: float
+
+
+def _decay(config: LQTrainConfig) -> Callable[[jax.Array], jax.Array]:
+    """Learning-rate factor as a function of the actor iteration (1 during the warm-up)."""
+    total = config.iterations
+    if config.schedule == "constant":
+        return lambda i: jnp.ones((), jnp.float32)
+    if config.schedule == "cosine":
+        sched = optax.cosine_decay_schedule(1.0, total, alpha=config.final_lr_frac)
+    else:
+        sched = optax.linear_schedule(1.0, config.final_lr_frac, total)
+    return lambda i: jnp.asarray(sched(jnp.maximum(i, 0).astype(jnp.float32)), jnp.float32)
+
+
+def make_actor_fn(problem: LQProblem, features: str):
+    """``fn(params, k, x, y) -> μ`` with the feature constants closed over (jit-friendly)."""
+    consts = _constants(problem, features)
+
+    def fn(params, k, x, y):
+        return actor_mean(params, consts, k, x, y)
+
+    return fn
+
+
+def make_critic_fn(problem: LQProblem, features: str, center: bool = False, x0: bool = False):
+    """``fn(params, k, x, cond) -> [B]`` (the critic network part); ``cond`` is y, or the clean
+    image x0 with ``x0=True``."""
+    consts = _constants(problem, features, center, x0)
+
+    def fn(params, k, x, y):
+        return critic_value(params, consts, k, x, y)
+
+    return fn
+
+
+def train(
+    problem: LQProblem,
+    config: LQTrainConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Trains the per-step linear actor and quadratic critic on ``problem``.
+
+    Per iteration: x0 ~ N(0, Σ), y = m ⊙ x0, X_0 = σ_max n; a rollout under the Gaussian policy
+    (:func:`aid_jax.aid.control.rollout`); ``critic_steps`` Adam steps on
+    :func:`aid_jax.aid.losses.critic_loss`; one Adam step of the actor on
+    :func:`~aid_jax.aid.losses.lr_actor_loss` (advantages from the updated critic) or
+    :func:`~aid_jax.aid.losses.pathwise_actor_loss`. The first ``critic_warmup`` iterations
+    train the critic only. Iterations run in jitted ``lax.scan`` chunks of ``config.chunk``;
+    between chunks the (EMA) actor is scored exactly with :meth:`LQProblem.policy_cost`.
+    """
+    cfg = config
+    shape = problem.world.image_shape
+    d = problem.dim
+    denoise = problem.world.denoiser()
+    sigmas = jnp.asarray(problem.sigmas, jnp.float32)
+    factor = jnp.asarray(problem.sample_factor(), jnp.float32)
+    mask = jnp.asarray(problem.mask.reshape(shape), jnp.float32)
+    s = problem.policy_std
+    lam, beta = problem.lam, problem.beta
+    actor_fn = make_actor_fn(problem, cfg.features)
+    critic_fn = make_critic_fn(problem, cfg.features, cfg.critic_center, cfg.critic_x0)
+    hi = jax.lax.Precision.HIGHEST
+
+    # Adam's moment estimates with the learning rate applied explicitly as a function of the
+    # actor iteration, so the warm-up (critic only) does not consume the actor's schedule.
+    actor_opt = optax.scale_by_adam()
+    critic_opt = optax.scale_by_adam() if cfg.critic_opt == "adam" else optax.identity()
+    decay = _decay(cfg)
+    actor = init_actor(problem, bias=cfg.actor_bias)
+    critic = init_critic(problem, x0=cfg.critic_x0)
+    state = {
+        "actor": actor,
+        "critic": critic,
+        "actor_opt": actor_opt.init(actor),
+        "critic_opt": critic_opt.init(critic),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    if cfg.ema > 0:
+        state["ema"] = jax.tree_util.tree_map(jnp.copy, actor)
+    base_key = jax.random.key(cfg.seed)
+    n_obs = cfg.batch // 2 if cfg.antithetic else cfg.batch
+
+    def iteration(st, _):
+        key = jax.random.fold_in(base_key, st["step"])
+        factor_lr = decay(st["step"] - cfg.critic_warmup)
+        k_x0, k_init, k_pol = jax.random.split(key, 3)
+        z = jax.random.normal(k_x0, (n_obs, d), jnp.float32)
+        x0 = jnp.matmul(z, factor.T, precision=hi).reshape(n_obs, *shape)
+        x_init = sigmas[0] * jax.random.normal(k_init, (n_obs, *shape), jnp.float32)
+        if cfg.antithetic:
+            x0, x_init = control.pair_up((x0, x_init))
+        y = mask * x0
+
+        def guidance(params):
+            return lambda k, r, sigma, x, den: actor_fn(params, k, x, y)
+
+        def value(params):
+            cond = x0 if cfg.critic_x0 else y
+            return lambda k, r, sigma, x: critic_fn(params, k, x, cond)
+
+        def terminal(x):
+            return losses.terminal_cost(x, x0)
+
+        ro = control.rollout(
+            denoise,
+            guidance(st["actor"]),
+            x_init,
+            sigmas,
+            k_pol,
+            policy_std=s,
+            antithetic=cfg.antithetic,
+        )
+        term = terminal(ro.xs[-1])
+
+        def critic_update(carry, _):
+            params, opt_state = carry
+            (loss, aux), grads = jax.value_and_grad(
+                lambda p: losses.critic_loss(
+                    value(p), ro, term, beta=beta, lam=lam, td_lambda=cfg.td_lambda
+                ),
+                has_aux=True,
+            )(params)
+            with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 count
+                updates, opt_state = critic_opt.update(grads, opt_state, params)
+            updates = jax.tree_util.tree_map(lambda u: -cfg.critic_lr * factor_lr * u, updates)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (critic_p, critic_os), closs = jax.lax.scan(
+            critic_update, (st["critic"], st["critic_opt"]), None, length=cfg.critic_steps
+        )
+
+        if cfg.actor == "lr":
+            values = losses.value_estimates(value(critic_p), ro, term, lam)
+            deltas = losses.td_errors(values, losses.step_costs(ro, beta))
+            adv = losses.advantages(deltas, cfg.adv_lambda)
+            adv = losses.normalize_advantages(adv, None if cfg.adv_norm == "none" else cfg.adv_norm)
+
+            def actor_loss(p):
+                return losses.lr_actor_loss(guidance(p), ro, adv)
+        else:
+
+            def actor_loss(p):
+                return losses.pathwise_actor_loss(
+                    guidance(p), value(critic_p), ro, terminal, beta=beta, lam=lam
+                )
+
+        grads = jax.grad(actor_loss)(st["actor"])
+        with jax.numpy_dtype_promotion("standard"):
+            updates, actor_os = actor_opt.update(grads, st["actor_opt"], st["actor"])
+        move = (st["step"] >= cfg.critic_warmup).astype(jnp.float32)
+        updates = jax.tree_util.tree_map(lambda u: -cfg.actor_lr * factor_lr * move * u, updates)
+        actor_p = optax.apply_updates(st["actor"], updates)
+        actor_os = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(move > 0, new, old), actor_os, st["actor_opt"]
+        )
+        new = {
+            "actor": actor_p,
+            "critic": critic_p,
+            "actor_opt": actor_os,
+            "critic_opt": critic_os,
+            "step": st["step"] + 1,
+        }
+        if cfg.ema > 0:
+            new["ema"] = jax.tree_util.tree_map(
+                lambda e, p: cfg.ema * e + (1.0 - cfg.ema) * p, st["ema"], actor_p
+            )
+        metrics = {
+            "critic_loss": closs[-1],
+            "terminal": jnp.mean(term),
+        }
+        return new, metrics
+
+    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
+    def run_chunk(st, length):
+        return jax.lax.scan(iteration, st, None, length=length)
+
+    history = []
+    j0, js = problem.unguided_cost(), problem.optimal_cost()
+    total = cfg.critic_warmup + cfg.iterations
+    done = 0
+    t0 = time.perf_counter()
+    while done < total:
+        length = min(cfg.chunk, total - done)
+        state, metrics = run_chunk(state, length)
+        done += length
+        if not np.isfinite(float(metrics["critic_loss"][-1])):
+            raise FloatingPointError(
+                f"LQ training diverged by iteration {done} (critic loss not finite). With "
+                f"features={cfg.features!r} and critic_opt={cfg.critic_opt!r} lower critic_lr, "
+                "or use the whitened features (the SGD critic needs them) or critic_opt='adam'"
+            )
+        params = state["ema"] if cfg.ema > 0 else state["actor"]
+        f, g, h = linearize_actor(lambda k, x, y, p=params: actor_fn(p, k, x, y), problem)
+        cost = problem.policy_cost(f, g, h)
+        row = dict(
+            iteration=done,
+            seconds=time.perf_counter() - t0,
+            cost=cost,
+            gap_closed=(j0 - cost) / (j0 - js),
+            critic_loss=float(metrics["critic_loss"][-1]),
+            terminal=float(np.mean(np.asarray(metrics["terminal"]))),
+        )
+        history.append(row)
+        if log is not None:
+            log(
+                f"iter {done:6d}  J {cost:.5f}  gap closed {100 * row['gap_closed']:6.2f}%  "
+                f"critic {row['critic_loss']:.3e}  ({row['seconds']:.0f} s)"
+            )
+    params = state["ema"] if cfg.ema > 0 else state["actor"]
+    return TrainResult(
+        actor=params,
+        critic=state["critic"],
+        history=history,
+        seconds=time.perf_counter() - t0,
+    )

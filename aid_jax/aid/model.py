@@ -1,0 +1,416 @@
+"""AID on images: the static configuration, the actor and critic as closures, the parameter bundle
+and the deployed inpainter (AID.md §3, §6).
+
+* :class:`AIDConfig` — everything static about a trained guidance module: the image shape, the
+  training schedule (K, σ_min, σ_max, ρ), the relaxed problem (λ, β), the terminal cost and the
+  network widths. Hashable, so it is a ``jax.jit`` static argument.
+* :func:`guidance_mean_fn` / :func:`value_fn` — the actor μ_φ and the critic V̂_ψ as the closures
+  :mod:`aid_jax.aid.control` and :mod:`aid_jax.aid.losses` take, with (y, m) closed over.
+* :class:`AIDParams` — the frozen backbone's parameters and the actor's, plus both static configs:
+  the ``params`` of ``aid_jax.inpaint(params, x, mask)``. A registered pytree, so it passes through
+  ``jax.jit`` and ``jax.device_put`` (replicated on a mesh) like any params tree.
+* :func:`inpaint` — the deterministic controlled sampler (Euler or Heun, any step count) with the
+  guidance added to the drift, optional paste-back.
+
+The guidance module is indexed by σ, not by the step number: on another step count or with Heun
+it is evaluated at that sampler's noise levels (the transfer the paper claims; measured in
+docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aid_jax import sampling
+from aid_jax.aid import control, networks
+
+__all__ = [
+    "AIDConfig",
+    "AIDParams",
+    "AIDError",
+    "actor_module",
+    "critic_inputs",
+    "critic_module",
+    "guidance_mean_fn",
+    "init_actor",
+    "init_critic",
+    "inpaint",
+    "validate_params",
+    "value_fn",
+]
+
+OUTPUTS = ("denoiser", "drift")
+
+
+class AIDError(ValueError):
+    """Bad input to AID (shapes, ranges, masks, or parameters of another backbone)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AIDConfig:
+    """Static description of a guidance module and the problem it was trained on.
+
+    Attributes:
+        image_shape: (H, W, C) of the backbone's images.
+        num_steps: K, the training sampler's step count (deployment may use any other).
+        sigma_min, sigma_max, rho: The EDM ρ-schedule of the sampler (AID.md §2).
+        sigma_data: EDM's σ_data (the actor's input scaling c_in).
+        lam: Temperature λ of the Gaussian policy (per-coordinate std √(2λ/β)).
+        beta: Weight β of the running cost (β/2)‖u‖²/d.
+        hole_weight: Weight of the hole's pixels in Ψ (1 = plain mean squared error).
+        actor_channels, actor_emb_dim: Widths of the guidance UNet.
+        critic_channels, critic_hidden, critic_emb_dim: Widths of the critic.
+        critic_x0: Whether the critic also sees the ground truth x0 (never the deployed actor).
+        output: How the network's output n becomes the drift guidance μ
+            (docs/AID_DESIGN.md). ``'drift'``: μ = n, the literal form. ``'denoiser'`` (default):
+            μ = c(σ)·n with c(σ) = −(dσ/dr)/σ of the ρ-schedule (:func:`denoiser_rate`), so the
+            drift becomes the probability-flow drift with D replaced by D + n: the network
+            outputs a correction of the denoised estimate in image units, and n = m⊙(y − D)
+            (one of its inputs) is DDNM's projection.
+    """
+
+    image_shape: tuple[int, int, int]
+    num_steps: int = 10
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sigma_data: float = 0.5
+    lam: float = 0.01
+    beta: float = 0.1
+    hole_weight: float = 1.0
+    actor_channels: tuple[int, ...] = (8, 8, 8)
+    actor_emb_dim: int = 16
+    critic_channels: tuple[int, ...] = (8, 16, 32)
+    critic_hidden: int = 32
+    critic_emb_dim: int = 16
+    critic_x0: bool = False
+    output: str = "denoiser"
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise AIDError(f"image_shape must be (H, W, C), got {self.image_shape!r}")
+        object.__setattr__(self, "image_shape", shape)
+        object.__setattr__(self, "actor_channels", tuple(int(c) for c in self.actor_channels))
+        object.__setattr__(self, "critic_channels", tuple(int(c) for c in self.critic_channels))
+        if int(self.num_steps) < 1:
+            raise AIDError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise AIDError(
+                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
+        if not self.lam > 0 or not self.beta > 0:
+            raise AIDError(f"lam and beta must be > 0, got lam={self.lam}, beta={self.beta}")
+        if self.output not in OUTPUTS:
+            raise AIDError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.hole_weight < 0:
+            raise AIDError(f"hole_weight must be >= 0, got {self.hole_weight}")
+        levels = len(self.actor_channels)
+        h, w, _ = shape
+        if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
+            raise AIDError(
+                f"actor_channels has {levels} levels, so H and W must divide by "
+                f"{2 ** (levels - 1)}; got {h}x{w}"
+            )
+
+    @property
+    def policy_std(self) -> float:
+        """s = √(2λ/β), the per-coordinate std of the training policy (AID.md §2)."""
+        return control.gaussian_policy_std(self.lam, self.beta)
+
+    def sigmas(self, num_steps: int | None = None) -> jax.Array:
+        return sampling.edm_sigmas(
+            int(num_steps or self.num_steps), self.sigma_min, self.sigma_max, self.rho
+        )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AIDConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AIDError(f"unknown AIDConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks as closures
+
+
+def actor_module(config: AIDConfig) -> networks.GuidanceUNet:
+    return networks.GuidanceUNet(
+        out_channels=config.image_shape[2],
+        channels=config.actor_channels,
+        emb_dim=config.actor_emb_dim,
+    )
+
+
+def critic_module(config: AIDConfig) -> networks.Critic:
+    return networks.Critic(
+        channels=config.critic_channels,
+        emb_dim=config.critic_emb_dim,
+        hidden=config.critic_hidden,
+    )
+
+
+def critic_inputs(x, y, mask, sigma, x0=None, sigma_data: float = networks.SIGMA_DATA):
+    """[c_in(σ)·x, y, m, m⊙(y − x) (, x0)] on channels.
+
+    No D(x; σ): the pathwise actor evaluates the critic at states the denoiser never saw, and
+    calling the backbone there would cost a forward pass per step (AID.md §4 keeps the backbone
+    out of every gradient).
+    """
+    c_in = jax.lax.rsqrt(jnp.asarray(sigma, jnp.float32) ** 2 + sigma_data**2)
+    mask = jnp.broadcast_to(mask, x.shape[:-1] + mask.shape[-1:]).astype(x.dtype)
+    y = mask * y
+    parts = [c_in * x, y, mask, mask * (y - x)]
+    if x0 is not None:
+        parts.append(x0)
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _dummy(config: AIDConfig, channels: int) -> jax.Array:
+    h, w, _ = config.image_shape
+    return jnp.zeros((1, h, w, channels), jnp.float32)
+
+
+def init_actor(key: jax.Array, config: AIDConfig):
+    c = config.image_shape[2]
+    return actor_module(config).init(key, _dummy(config, 4 * c + 1), jnp.ones((1,)))["params"]
+
+
+def init_critic(key: jax.Array, config: AIDConfig):
+    c = config.image_shape[2]
+    channels = 3 * c + 1 + (c if config.critic_x0 else 0)
+    return critic_module(config).init(key, _dummy(config, channels), jnp.ones((1,)))["params"]
+
+
+def denoiser_rate(config: AIDConfig, sigma) -> jax.Array:
+    """c(σ) = −(dσ/dr)/σ of the continuous ρ-schedule on r ∈ [0, 1]:
+    σ(r) = (a + r(b − a))^ρ, a = σ_max^{1/ρ}, b = σ_min^{1/ρ}  ⇒  c(σ) = ρ (a − b) σ^{−1/ρ}.
+
+    With μ = c(σ)·n the probability-flow drift (dσ/dr)(x − D)/σ + μ equals
+    (dσ/dr)(x − (D + n))/σ: the network's output n corrects the denoised estimate. c depends on σ
+    only (not on K or the solver), so the module means the same thing at any step count.
+    """
+    rho = config.rho
+    a, b = config.sigma_max ** (1 / rho), config.sigma_min ** (1 / rho)
+    return rho * (a - b) * jnp.asarray(sigma, jnp.float32) ** (-1.0 / rho)
+
+
+def guidance_mean_fn(actor_params, config: AIDConfig, y, mask) -> control.GuidanceMeanFn:
+    """μ_φ(k, r, σ, x, D) with (y, m) closed over; m is ``[B, H, W, 1]``.
+
+    The network sees σ, not k or r, so the module transfers to other step counts and solvers.
+    ``config.output='denoiser'`` scales its output by :func:`denoiser_rate`.
+    """
+    net = actor_module(config)
+
+    def mu(k, r, sigma, x, denoised):
+        del k, r
+        inputs = networks.actor_inputs(x, denoised, y, mask, sigma, config.sigma_data)
+        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
+        out = net.apply({"params": actor_params}, inputs, sigma_b)
+        if config.output == "drift":
+            return out
+        return denoiser_rate(config, sigma) * out
+
+    return mu
+
+
+def value_fn(critic_params, config: AIDConfig, y, mask, x0=None):
+    """V_ψ(k, r, σ, x) -> [B] (the network, without the −λr term of losses.value_estimates)."""
+    net = critic_module(config)
+    if config.critic_x0 and x0 is None:
+        raise AIDError("this critic sees the ground truth (critic_x0=True): pass x0")
+
+    def v(k, r, sigma, x):
+        del k, r
+        x0_in = x0 if config.critic_x0 else None
+        inputs = critic_inputs(x, y, mask, sigma, x0_in, config.sigma_data)
+        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
+        return net.apply({"params": critic_params}, inputs, sigma_b)
+
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployable bundle and the inpainter
+
+
+@dataclasses.dataclass(frozen=True)
+class AIDParams:
+    """``params`` of :func:`inpaint`: frozen backbone + trained actor, with their static configs.
+
+    Attributes:
+        backbone: The backbone's parameter pytree (``aid_jax.load_backbone(...).params``).
+        actor: The guidance module's parameter pytree.
+        backbone_config: The backbone's static config (``Backbone.config``).
+        config: The :class:`AIDConfig` the actor was trained with.
+        backbone_sha256: ``params_sha256`` of the backbone the actor was trained against
+            (static; checked by ``aid_jax.load``).
+    """
+
+    backbone: Any
+    actor: Any
+    backbone_config: Any
+    config: AIDConfig
+    backbone_sha256: str = ""
+
+    def denoise(self, x, sigma):
+        from aid_jax import backbones
+
+        return backbones.denoise(self.backbone, x, sigma, config=self.backbone_config)
+
+
+jax.tree_util.register_dataclass(
+    AIDParams,
+    data_fields=["backbone", "actor"],
+    meta_fields=["backbone_config", "config", "backbone_sha256"],
+)
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def validate_params(params: AIDParams) -> None:
+    """Checks that the actor fits the backbone (image shape, channels); raises :class:`AIDError`."""
+    if not isinstance(params, AIDParams):
+        raise AIDError(
+            f"params must be an AIDParams (from aid_jax.load(path)), got {type(params).__name__}"
+        )
+    bc = params.backbone_config
+    bshape = (bc.img_resolution, bc.img_resolution, bc.img_channels)
+    if tuple(params.config.image_shape) != bshape:
+        raise AIDError(
+            f"the guidance module was trained for images {params.config.image_shape} but the "
+            f"backbone makes {bshape}: load the backbone it was trained with"
+        )
+    expected = jax.tree.map(
+        lambda a: a.shape, jax.eval_shape(lambda: init_actor(jax.random.key(0), params.config))
+    )
+    got = jax.tree.map(lambda a: tuple(np.shape(a)), params.actor)
+    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+        raise AIDError(
+            "the actor parameters do not match AIDConfig (actor_channels / image channels); "
+            "they were trained with another configuration — load them with aid_jax.load(path)"
+        )
+
+
+def _check_mask_channels(mask, channels: int):
+    if mask.shape[-1] == 1:
+        return mask
+    if mask.shape[-1] != channels:
+        raise AIDError(f"mask must have 1 or {channels} channels, got {mask.shape[-1]}")
+    if not _is_traced(mask) and not np.all(np.asarray(mask) == np.asarray(mask)[..., :1]):
+        raise AIDError(
+            "AID's guidance takes one mask per pixel (shared by all channels); this mask "
+            "differs between channels"
+        )
+    return mask[..., :1]
+
+
+def inpaint(
+    params: AIDParams,
+    x,
+    mask,
+    *,
+    key: jax.Array | None = None,
+    solver: str = "euler",
+    num_steps: int | None = None,
+    paste_back: bool = True,
+):
+    """Inpaint with a trained AID guidance module (AID.md §6). Pure and jit-able.
+
+    x_0 = σ_max·n (n from ``key``), then the controlled probability-flow ODE dx/dr = b + μ_φ on
+    the EDM schedule with ``num_steps`` steps (default: the training K), Euler (NFE K) or Heun
+    (NFE 2K − 1, μ added at both stages); no per-image optimisation, no backward pass.
+
+    Args:
+        params: :class:`AIDParams` (``aid_jax.load(path)``).
+        x: Images ``[B, H, W, C]`` in [-1, 1]; only the known pixels are read.
+        mask: ``[B|1, H, W, 1|C]``, 1 = known pixel, 0 = hole.
+        key: PRNG key of the initial noise (default ``jax.random.key(0)``).
+        solver: ``'euler'`` or ``'heun'``.
+        num_steps: Sampler steps (default ``params.config.num_steps``).
+        paste_back: Return m⊙x + (1 − m)⊙x̂ (the known pixels exactly) instead of the raw
+            sample.
+
+    Returns:
+        ``aid_jax.baselines.InpaintResult`` (``x``, ``nfe``, ``nfe_backward = 0``).
+
+    Raises:
+        AIDError / ValueError: Before anything runs, for wrong shapes, dtypes, ranges, masks that
+            are not 0/1 or lack a hole or a known pixel, and params of another backbone. (Value
+            checks need concrete arrays; under ``jax.jit`` only the shapes are checked.)
+    """
+    from aid_jax import baselines
+
+    validate_params(params)
+    if solver not in control.SOLVERS:
+        raise AIDError(f"solver must be one of {control.SOLVERS}, got {solver!r}")
+    steps = params.config.num_steps if num_steps is None else num_steps
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise AIDError(f"num_steps must be a positive int, got {num_steps!r}")
+    if not _is_traced(x, mask):
+        baselines.validate_inputs(x, mask, params.config.image_shape)
+    x = jnp.asarray(x)
+    mask = jnp.asarray(mask)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise AIDError(f"x must be a float array in [-1, 1], got dtype {x.dtype}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != params.config.image_shape:
+        raise AIDError(f"x must be [B, *{params.config.image_shape}] (NHWC), got {x.shape}")
+    if mask.ndim != 4 or mask.shape[1:3] != x.shape[1:3] or mask.shape[0] not in (1, x.shape[0]):
+        raise AIDError(f"mask must be [B, H, W, 1] matching x {x.shape}, got {mask.shape}")
+    mask = _check_mask_channels(mask, x.shape[-1]).astype(jnp.float32)
+    mask = jnp.broadcast_to(mask, x.shape[:3] + (1,))
+    y = jnp.where(mask > 0.5, x.astype(jnp.float32), 0.0)  # the hole is never read
+    key = jax.random.key(0) if key is None else key
+    x_init = params.config.sigma_max * jax.random.normal(key, y.shape, jnp.float32)
+    mu = guidance_mean_fn(params.actor, params.config, y, mask)
+    out = control.controlled_sample(
+        params.denoise, mu, x_init, params.config.sigmas(int(steps)), solver=solver
+    )
+    sample = out.x
+    if paste_back:
+        sample = mask * y + (1.0 - mask) * sample
+    return baselines.InpaintResult(x=sample, nfe=out.nfe, nfe_backward=0)
+
+
+def make_inpainter(
+    aid_params: AIDParams, *, num_steps: int | None = None, solver: str = "euler", paste_back=False
+) -> Callable:
+    """``fn(params, y, mask, key)`` in the form of ``baselines.make_inpainter`` (for the
+    evaluation harness): ``fn.params`` is the bundle to pass, ``fn.jitted`` the jitted core."""
+    from aid_jax import baselines
+
+    validate_params(aid_params)
+    steps = int(num_steps or aid_params.config.num_steps)
+
+    @jax.jit
+    def core(params, y, mask, key):
+        return inpaint(
+            params, y, mask, key=key, solver=solver, num_steps=steps, paste_back=paste_back
+        )
+
+    def fn(params, y, mask, key):
+        baselines.validate_inputs(y, mask, aid_params.config.image_shape)
+        return core(params, y, mask, key)
+
+    fn.jitted = core
+    fn.params = aid_params
+    fn.method = "aid"
+    fn.options = dict(num_steps=steps, solver=solver, paste_back=paste_back)
+    fn.nfe = control.controlled_nfe(steps, solver)
+    fn.nfe_backward = 0
+    return fn

@@ -1,0 +1,510 @@
+"""AID trainer: continuous-time actor–critic against a frozen backbone (AID.md §4).
+
+    python -m aid_jax.main --config=configs/fashion_mnist.py --config.mode=train_aid \
+        --workdir=runs/aid
+
+One readable trainer in banner sections, like aid_jax.pretrain: config -> mesh -> backbone and
+data -> networks and optimisers -> update step -> restore -> loop. The batch, the masks and the
+PRNG key of step s are pure functions of (seed, s), so a run killed at any moment resumes from its
+last checkpoint and continues exactly as an uninterrupted run would.
+
+Per step (AID.md §4): draw (x0, m), y = m⊙x0, X_0 = σ_max·n; roll out K controlled Euler steps
+under the Gaussian policy with the frozen denoiser forward only (control.rollout); the critic takes
+one semi-gradient TD step (losses.critic_loss, TD(0) by default) and the actor one
+likelihood-ratio step weighted by the TD errors δ_k (losses.lr_actor_loss; 'pathwise' is an
+option); Adam for both, an EMA of the actor for evaluation and export.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from aid_jax import backbones, checkpoint, images, masks, report, sharding
+from aid_jax.aid import control, losses, model
+from aid_jax.data import pipeline, sources
+from aid_jax.writers import MetricWriter
+
+# Config groups that define the run: resuming with different values is an error.
+RUN_DEFINING = (
+    "seed",
+    "backbone",
+    "data",
+    "aid",
+    "optim",
+    "train.batch_size",
+    "train.masks",
+    "train.actor",
+    "train.antithetic",
+    "train.td_lambda",
+    "train.adv_lambda",
+    "train.adv_norm",
+    "train.critic_warmup",
+)
+ACTORS = ("lr", "pathwise")
+STATE_FILE = "aid_config.json"
+
+
+ResumeError = checkpoint.ResumeError
+
+
+def run_fingerprint(config) -> dict:
+    return checkpoint.config_fingerprint(config, RUN_DEFINING)
+
+
+def aid_config(config, image_shape) -> model.AIDConfig:
+    """The static AIDConfig from ``config.aid`` and the backbone's image shape."""
+    fields = dict(config.aid.to_dict())
+    return model.AIDConfig(image_shape=tuple(image_shape), **fields)
+
+
+def mask_specs(config) -> list[dict]:
+    """The training mask families: entries of ``config.masks`` named in ``train.masks``."""
+    names = config.train.masks
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
+    names = [n for n in names if n]
+    missing = [n for n in names if n not in config.masks]
+    if not names or missing:
+        raise ValueError(
+            f"train.masks={config.train.masks!r}: each name must be an entry of config.masks "
+            f"({', '.join(config.masks.keys())})"
+        )
+    return [config.masks[n].to_dict() for n in names]
+
+
+def masks_at(specs: list[dict], num: int, hw, seed: int, step: int, stream: int = 0) -> np.ndarray:
+    """``num`` training masks of step ``step``: each sample's family drawn uniformly from
+    ``specs``; a pure function of (seed, step, stream). float32 [num, H, W, 1], 1 = known.
+    Stream 0 is training, 1 the fixed validation batch."""
+    rng = np.random.default_rng([int(seed), int(step), 0x41D, int(stream)])
+    which = rng.integers(len(specs), size=num)
+    seeds = rng.integers(0, 2**31 - 1, size=len(specs))
+    out = np.empty((num, *hw, 1), np.float32)
+    for i, spec in enumerate(specs):
+        idx = np.flatnonzero(which == i)
+        if idx.size:
+            out[idx] = masks.from_config(spec, int(idx.size), hw, seed=int(seeds[i]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisers and the update step
+
+
+def _schedule(config, lr: float):
+    o = config.optim
+    warmup = max(int(o.warmup_steps), 1)
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, max(int(config.train.num_steps), warmup + 1), lr * o.final_lr_frac
+        )
+    if o.schedule == "constant":
+        return optax.linear_schedule(0.0, lr, warmup)
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+
+
+def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    def adam(lr):
+        parts = (
+            [optax.clip_by_global_norm(config.optim.grad_clip)] if config.optim.grad_clip else []
+        )
+        return optax.chain(*parts, optax.adam(_schedule(config, lr), b1=0.9, b2=0.999))
+
+    return adam(config.optim.actor_lr), adam(config.optim.critic_lr)
+
+
+def init_state(config, cfg: model.AIDConfig, actor_tx, critic_tx, key):
+    k_actor, k_critic = jax.random.split(key)
+
+    @jax.jit
+    def build():
+        actor = model.init_actor(k_actor, cfg)
+        critic = model.init_critic(k_critic, cfg)
+        return dict(
+            step=jnp.zeros((), jnp.int32),
+            actor=actor,
+            critic=critic,
+            actor_opt=actor_tx.init(actor),
+            critic_opt=critic_tx.init(critic),
+            actor_ema=jax.tree.map(jnp.copy, actor),
+        )
+
+    with jax.numpy_dtype_promotion("standard"):
+        return build()
+
+
+def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, critic_tx):
+    """One actor–critic iteration: (state, backbone_params, x0, mask, key) -> (state, metrics).
+
+    Pure; jit at the caller. With ``train.antithetic`` the batch (x0, mask) holds B/2 distinct
+    observations, each rolled out twice with policy noises ε and −ε from the same X_0.
+    """
+    t = config.train
+    if t.actor not in ACTORS:
+        raise ValueError(f"train.actor must be one of {ACTORS}, got {t.actor!r}")
+    sigmas = cfg.sigmas()
+    lam, beta = cfg.lam, cfg.beta
+    ema_decay = float(config.optim.ema)
+    warmup = int(t.critic_warmup)
+
+    def train_step(state, backbone_params, x0, mask, base_key):
+        step = state["step"]
+        key = jax.random.fold_in(base_key, step)
+        k_init, k_policy = jax.random.split(key)
+        x_init = cfg.sigma_max * jax.random.normal(k_init, x0.shape, jnp.float32)
+        if t.antithetic:
+            x0, mask, x_init = control.pair_up((x0, mask, x_init))
+        y = mask * x0
+
+        def denoise(x, sigma):
+            return backbones.denoise(backbone_params, x, sigma, config=backbone_config)
+
+        mu_fn = model.guidance_mean_fn(state["actor"], cfg, y, mask)
+        ro = control.rollout(
+            denoise,
+            mu_fn,
+            x_init,
+            sigmas,
+            k_policy,
+            policy_std=cfg.policy_std,
+            antithetic=bool(t.antithetic),
+        )
+        weight = losses.hole_weights(mask, cfg.hole_weight)
+        terminal = losses.terminal_cost(ro.xs[-1], x0, weight)
+
+        # Critic: semi-gradient TD(τ) on the rollout (AID.md §4).
+        def critic_objective(cp):
+            v = model.value_fn(cp, cfg, y, mask, x0)
+            return losses.critic_loss(
+                v,
+                ro,
+                terminal,
+                beta=beta,
+                lam=lam,
+                td_lambda=float(t.td_lambda),
+                step_map=t.step_map,
+            )
+
+        (c_loss, aux), c_grads = jax.value_and_grad(critic_objective, has_aux=True)(state["critic"])
+        deltas = aux["td_errors"]
+
+        # Actor: the paper's likelihood-ratio gradient, or the pathwise option.
+        if t.actor == "lr":
+            adv = losses.advantages(deltas, float(t.adv_lambda))
+            adv = losses.normalize_advantages(adv, t.adv_norm)
+
+            def actor_objective(ap):
+                mu = model.guidance_mean_fn(ap, cfg, y, mask)
+                return losses.lr_actor_loss(mu, ro, adv, step_map=t.step_map)
+        else:
+            v_frozen = model.value_fn(state["critic"], cfg, y, mask, x0)
+
+            def actor_objective(ap):
+                mu = model.guidance_mean_fn(ap, cfg, y, mask)
+                return losses.pathwise_actor_loss(
+                    mu,
+                    v_frozen,
+                    ro,
+                    lambda xk: losses.terminal_cost(xk, x0, weight),
+                    beta=beta,
+                    lam=lam,
+                    step_map=t.step_map,
+                )
+
+        a_loss, a_grads = jax.value_and_grad(actor_objective)(state["actor"])
+
+        # optax mixes Python floats with int32 counts (strict promotion in the tests rejects it).
+        with jax.numpy_dtype_promotion("standard"):
+            c_updates, critic_opt = critic_tx.update(c_grads, state["critic_opt"], state["critic"])
+            a_updates, actor_opt = actor_tx.update(a_grads, state["actor_opt"], state["actor"])
+        actor_on = (step >= warmup).astype(jnp.float32)  # critic-only warm-up
+        a_updates = jax.tree.map(lambda u: actor_on * u, a_updates)
+        critic = optax.apply_updates(state["critic"], c_updates)
+        actor = optax.apply_updates(state["actor"], a_updates)
+        # EMA with a ramp (young runs average over their short past only).
+        stepf = step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + stepf) / (10.0 + stepf))
+        actor_ema = jax.tree.map(
+            lambda e, p: decay * e + (1 - decay) * p, state["actor_ema"], actor
+        )
+
+        values = aux["values"]
+        mc = losses.lambda_returns(aux["costs"], values, 1.0)  # realised costs-to-go
+        hole = 1.0 - mask
+        hole_mse = jnp.sum(jnp.square(ro.xs[-1] - x0) * hole) / jnp.maximum(
+            jnp.sum(hole) * x0.shape[-1], 1.0
+        )
+        metrics = dict(
+            critic_loss=c_loss,
+            actor_loss=a_loss,
+            delta_mean=jnp.mean(deltas),
+            delta_std=jnp.std(deltas),
+            critic_error=jnp.sqrt(jnp.mean(jnp.square(values[:-1] - mc))),
+            critic_error_v0=jnp.sqrt(jnp.mean(jnp.square(values[0] - mc[0]))),
+            guidance_rms=jnp.sqrt(jnp.mean(jnp.square(ro.means))),
+            terminal_loss=jnp.mean(terminal),
+            terminal_mse_hole=hole_mse,
+            running_cost=jnp.mean(jnp.sum(aux["costs"], axis=0)),
+            actor_grad_norm=optax.tree.norm(a_grads),
+            critic_grad_norm=optax.tree.norm(c_grads),
+        )
+        new_state = dict(
+            step=step + 1,
+            actor=actor,
+            critic=critic,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+            actor_ema=actor_ema,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the deterministic deployed sampler on a fixed batch
+
+
+def make_validate(cfg: model.AIDConfig, backbone_config, backbone_sha256: str):
+    """jitted ``(backbone_params, actor, x0, mask, key) -> (samples, hole MSE per image)``."""
+
+    @jax.jit
+    def validate(backbone_params, actor, x0, mask, key):
+        p = model.AIDParams(backbone_params, actor, backbone_config, cfg, backbone_sha256)
+        x = model.inpaint(p, x0, mask, key=key, paste_back=True).x
+        hole = 1.0 - mask
+        mse = jnp.sum(jnp.square(x - x0) * hole, axis=(1, 2, 3)) / jnp.maximum(
+            jnp.sum(hole, axis=(1, 2, 3)) * x0.shape[-1], 1.0
+        )
+        return x, mse
+
+    return validate
+
+
+def _validation_set(config, image_shape, specs):
+    source = sources.make_source(config.eval_data)
+    n = int(config.train.val_images)
+    idx = pipeline.eval_indices(len(source), n, int(config.seed))
+    x0 = pipeline.to_model_range(source.get(idx)[0])
+    m = masks_at(specs, n, image_shape[:2], int(config.seed), 0, stream=1)
+    return x0, m
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config, workdir: str) -> dict:
+    """Train (or resume) AID in ``workdir``; returns the final state and a summary."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t = config.train
+
+    # ------------------------------------------------------------------ mesh, backbone, data
+    mesh = sharding.make_mesh()
+    backbone = backbones.backbone_from_config(config.backbone)
+    shape = backbone.image_shape
+    cfg = aid_config(config, shape)
+    specs = mask_specs(config)
+    source = sources.make_source(config.data)
+    if tuple(source.image_shape) != tuple(shape):
+        raise ValueError(
+            f"data images are {source.image_shape} but the backbone makes {shape}; set data.pad_to"
+        )
+    batch = int(t.batch_size)
+    rows = batch // 2 if t.antithetic else batch  # distinct observations per step
+    if (t.antithetic and batch % 2) or rows % mesh.devices.size:
+        raise ValueError(
+            f"train.batch_size={batch} must be even with antithetic pairs and its "
+            f"{'half' if t.antithetic else 'value'} must divide over {mesh.devices.size} devices"
+        )
+    sha = backbone.manifest.get("params_sha256") or backbones.loader.tree_sha256(backbone.params)
+
+    # ------------------------------------------------------------------ networks, optimisers
+    actor_tx, critic_tx = make_optimizers(config)
+    root = jax.random.key(int(config.seed))
+    init_key, train_key, val_key = jax.random.split(root, 3)
+    replicated = sharding.replicated(mesh)
+    state = sharding.replicate(init_state(config, cfg, actor_tx, critic_tx, init_key), mesh)
+    state_sharding = jax.tree.map(lambda _: replicated, state)
+    backbone_params = sharding.replicate(backbone.params, mesh)
+
+    # ------------------------------------------------------------------ update step
+    train_step = jax.jit(
+        make_train_step(config, cfg, backbone.config, actor_tx, critic_tx),
+        donate_argnums=0,
+        out_shardings=(state_sharding, replicated),
+    )
+    validate = make_validate(cfg, backbone.config, sha)
+
+    # ------------------------------------------------------------------ restore
+    manager = checkpoint.make_manager(workdir / "checkpoints", max_to_keep=int(t.keep))
+    fingerprint = run_fingerprint(config)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
+    )
+    restored = checkpoint.restore_run(manager, abstract, fingerprint, workdir)
+    if restored is not None:
+        step0, state, meta = restored
+        print(f"resumed AID training from step {step0} in {workdir}")
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+    write_run_manifest(workdir, cfg, config, sha)
+
+    # ------------------------------------------------------------------ loop
+    writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
+    val_x0, val_mask = _validation_set(config, shape, specs)
+    val_x0_d = sharding.shard_batch(val_x0, mesh)
+    val_mask_d = sharding.shard_batch(val_mask, mesh)
+    zero_actor = jax.tree.map(jnp.zeros_like, state["actor"])
+    _, base_mse = validate(backbone_params, zero_actor, val_x0_d, val_mask_d, val_key)
+    base_mse = float(np.mean(np.asarray(base_mse)))
+    stop = {"flag": False}
+
+    def request_stop(signum, frame):  # SIGTERM: finish the step, checkpoint, exit cleanly
+        stop["flag"] = True
+
+    old_handler = signal.signal(signal.SIGTERM, request_stop)
+    start = int(jax.device_get(state["step"]))
+    num_steps = int(t.num_steps)
+    meta = dict(fingerprint=fingerprint, date=datetime.datetime.now().isoformat())
+    t0, last_logged = time.perf_counter(), start
+    bar = tqdm(total=num_steps, initial=start, desc="train AID", unit="step", smoothing=0.05)
+    step = start
+    last_val = None
+    try:
+        while step < num_steps and not stop["flag"]:
+            x0 = pipeline.batch_at(
+                source,
+                step,
+                batch_size=rows,
+                seed=int(config.seed),
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )["image"]
+            m = masks_at(specs, x0.shape[0], shape[:2], int(config.seed), step)
+            put = sharding.batch_sharding(mesh)
+            x0_d = jax.make_array_from_process_local_data(put, x0)
+            m_d = jax.make_array_from_process_local_data(put, m)
+            state, metrics = train_step(state, backbone_params, x0_d, m_d, train_key)
+            step += 1
+            bar.update(1)
+            if step % int(t.log_every) == 0 or step == num_steps:
+                metrics = jax.device_get(metrics)  # the only host sync, every log_every steps
+                if not np.isfinite(metrics["critic_loss"]):
+                    raise FloatingPointError(f"critic loss is not finite at step {step}; stopping")
+                elapsed = time.perf_counter() - t0
+                metrics["steps_per_s"] = (step - last_logged) / max(elapsed, 1e-9)
+                t0, last_logged = time.perf_counter(), step
+                writer.write_scalars(step, metrics)
+                bar.set_postfix(
+                    psi=f"{metrics['terminal_loss']:.4f}", delta=f"{metrics['delta_std']:.3g}"
+                )
+            if (t.eval_every and step % int(t.eval_every) == 0) or step == num_steps:
+                x_val, mse = validate(
+                    backbone_params, state["actor_ema"], val_x0_d, val_mask_d, val_key
+                )
+                last_val = float(np.mean(np.asarray(mse)))
+                writer.write_scalars(
+                    step, {"val_mse_hole": last_val, "val_mse_hole_unguided": base_mse}
+                )
+                _write_grid(workdir, step, val_x0, val_mask, np.asarray(x_val), writer)
+            if step % int(t.checkpoint_every) == 0:
+                checkpoint.save_train_state(manager, step, state, meta)
+    except KeyboardInterrupt:
+        stop["flag"] = True
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, old_handler)
+        # Whatever ended the loop (done, SIGTERM, Ctrl-C, an error), keep the progress made.
+        if step > 0 and manager.latest_step() != step:
+            checkpoint.save_train_state(manager, step, state, meta)
+        manager.close()
+        writer.close()
+    return {
+        "state": state,
+        "step": step,
+        "config": cfg,
+        "workdir": str(workdir),
+        "val_mse_hole": last_val,
+        "val_mse_hole_unguided": base_mse,
+        "train_step": train_step,
+    }
+
+
+def _write_grid(workdir, step, x0, mask, x, writer, num: int = 8):
+    cols = [
+        ("observed", report.observed_view(x0[:num], mask[:num])),
+        ("AID", x[:num]),
+        ("ground truth", x0[:num]),
+    ]
+    img, _ = report.comparison_grid(cols)
+    (workdir / "samples").mkdir(exist_ok=True)
+    images.save_png(img, workdir / "samples" / f"step_{step:07d}.png", upscale=2)
+    writer.write_images(step, {"validation": img})
+
+
+def evaluation_config(config, workdir: str | None = None):
+    """The harness config for an AID run: ``data`` = ``eval_data`` (the test split) and every
+    ``aid`` method without a checkpoint pointed at ``workdir``. Configs without ``eval_data``
+    (e.g. configs/eval_fashion_mnist.py) are returned unchanged."""
+    if "eval_data" not in config and "methods" not in config:
+        return config
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        if "eval_data" in out:
+            out.data = out.eval_data
+        for entry in out.methods.values():
+            aid = entry.get("method") == "aid"
+            if aid and workdir is not None and not entry.options.get("checkpoint"):
+                entry.options.checkpoint = str(workdir)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What a workdir or an export holds, for aid_jax.load
+
+
+def write_run_manifest(directory: pathlib.Path, cfg: model.AIDConfig, config, sha: str) -> None:
+    manifest = dict(
+        format="aid_jax-guidance",
+        format_version=1,
+        aid_config=cfg.to_dict(),
+        backbone=dict(config.backbone.to_dict(), params_sha256=sha),
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    (directory / STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def export(workdir: str, out: str) -> pathlib.Path:
+    """Write the EMA actor of the newest checkpoint in ``workdir`` as ``out/actor`` (Orbax) plus
+    ``out/aid_config.json``; ``aid_jax.load(out)`` reads it."""
+    from aid_jax.aid import api
+
+    params, manifest = api.load_actor(workdir)
+    out = pathlib.Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new folder")
+    out.mkdir(parents=True)
+    checkpoint.save_pytree(out / "actor", params)
+    (out / STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
+__all__ = [
+    "ResumeError",
+    "aid_config",
+    "evaluation_config",
+    "export",
+    "make_train_step",
+    "masks_at",
+    "train",
+]

@@ -1,0 +1,124 @@
+"""AID on the embedded default: train the guidance module against the shipped Fashion-MNIST
+backbone, then evaluate it against the baselines with the evaluation harness.
+
+Run:    python -m aid_jax.main --config=configs/fashion_mnist.py --workdir=runs/aid
+Only train:     --config.mode=train_aid
+Only evaluate:  --config.mode=evaluate --config.methods.aid.options.checkpoint=runs/aid
+Paper's actor:  default (likelihood ratio, TD(0) critic); --config.train.actor=pathwise for the
+                pathwise option (AID.md §4); decisions and their measurements: docs/AID_DESIGN.md.
+Smoke:  --config=configs/fashion_mnist.py:smoke (tiny random-weight fixture backbone, synthetic
+        16×16 data, a few steps; what the tests run).
+
+Writes <workdir>/checkpoints, metrics.jsonl, samples/ (validation grids), aid_config.json and,
+after evaluation, <workdir>/eval/{results.json,results.md,grid_<mask>.png,quality_vs_nfe.png}.
+"""
+
+import ml_collections
+
+from configs import eval_fashion_mnist
+
+
+def get_config(arg=None):
+    config = eval_fashion_mnist.get_config(None)
+    config.mode = "aid"  # train_aid, then evaluate
+    config.workdir = "runs/aid"
+    config.data = ml_collections.ConfigDict(
+        dict(name="fashion_mnist", split="train", path="", pad_to=32)
+    )
+    config.eval_data = ml_collections.ConfigDict(
+        dict(name="fashion_mnist", split="test", path="", pad_to=32)
+    )
+    # The guidance module and the relaxed control problem (aid_jax.aid.model.AIDConfig).
+    config.aid = ml_collections.ConfigDict(
+        dict(
+            num_steps=10,  # K: training sampler steps (Euler, NFE K)
+            sigma_min=0.002,
+            sigma_max=80.0,
+            rho=7.0,
+            sigma_data=0.5,
+            lam=0.01,  # temperature λ: policy std √(2λ/β) per coordinate
+            beta=0.1,  # running cost (β/2)‖u‖²/d
+            hole_weight=1.0,  # Ψ weight of hole pixels (1: plain MSE)
+            actor_channels=(8, 8, 8),
+            actor_emb_dim=16,
+            critic_channels=(8, 16, 32),
+            critic_hidden=32,
+            critic_emb_dim=16,
+            critic_x0=False,
+            output="denoiser",  # μ = c(σ)·n: n corrects D (docs/AID_DESIGN.md); "drift": μ = n
+        )
+    )
+    config.train = ml_collections.ConfigDict(
+        dict(
+            masks="center_box,half,strokes",  # entries of config.masks, mixed per sample
+            batch_size=32,  # rollouts per step (antithetic: 16 observations × (ε, −ε))
+            num_steps=300,
+            actor="lr",  # "lr" (the paper) | "pathwise"
+            antithetic=True,
+            td_lambda=0.0,  # critic: 0 = TD(0) (the paper), 1 = Monte-Carlo returns
+            adv_lambda=0.0,  # actor weight: 0 = δ_k (the paper)
+            adv_norm="per_step",  # "none" | "per_step" | "global"
+            critic_warmup=20,  # critic-only steps before the actor moves
+            step_map="vmap",  # networks over the K steps at once ("map": less memory)
+            log_every=10,
+            eval_every=100,
+            checkpoint_every=50,
+            keep=3,
+            val_images=32,  # fixed validation batch from config.eval_data
+            tensorboard=True,
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            actor_lr=1e-3,
+            critic_lr=3e-3,
+            warmup_steps=10,
+            schedule="constant",  # "constant" | "cosine"
+            final_lr_frac=0.1,
+            grad_clip=1.0,
+            ema=0.99,
+        )
+    )
+    # The harness (configs/eval_fashion_mnist.py) with AID added; the evaluation reads the
+    # trained module from <workdir> unless methods.aid.options.checkpoint says otherwise.
+    config.methods.aid = ml_collections.ConfigDict(
+        dict(method="aid", steps=(10, 18), options=dict(checkpoint="", solver="euler"))
+    )
+    config.methods.aid_heun = ml_collections.ConfigDict(
+        dict(method="aid", steps=(10,), options=dict(checkpoint="", solver="heun"))
+    )
+    config.eval.methods = "aid,aid_heun,unguided,replacement,repaint,ddnm,pigdm,dps"
+    config.eval.num_images = 32
+    if arg == "smoke":
+        config.backbone.path = "tests/testdata/edm_ddpmpp_tiny.pkl"
+        config.data = ml_collections.ConfigDict(
+            dict(name="synthetic", num_images=32, image_size=16, channels=3, seed=0)
+        )
+        config.eval_data = ml_collections.ConfigDict(
+            dict(name="synthetic", num_images=32, image_size=16, channels=3, seed=1)
+        )
+        config.aid.update(num_steps=3, actor_channels=(4, 4), critic_channels=(4, 8))
+        config.train.update(
+            masks="center_box,half",
+            batch_size=16,  # 8 observations × (ε, −ε): one per device of the tests' 8-device mesh
+            num_steps=4,
+            critic_warmup=1,
+            log_every=2,
+            eval_every=2,
+            checkpoint_every=2,
+            val_images=8,
+            tensorboard=False,
+        )
+        config.eval.update(
+            methods="aid,replacement",
+            masks="center_box,half",
+            num_images=8,
+            batch_size=8,
+            grid_images=4,
+            bootstrap=100,
+        )
+        config.methods.aid.steps = (3,)
+        config.methods.replacement.steps = (3,)
+        config.metrics.update(lpips="", classifier="", reference_num=32, kid_subsets=5)
+        config.report.headline_metric = "psnr_hole"
+    return config

@@ -1,0 +1,227 @@
+"""The AID trainer: resume == uninterrupted, no retracing, sharded == single device, config
+mismatch refused, the deterministic per-step masks, load/export, bad folders, and the main job
+(train → evaluate → report) end to end on the smoke configs."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import aid_jax
+from aid_jax import backbones, masks
+from aid_jax.aid import api, model, train
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def smoke_config():
+    sys.path.insert(0, str(ROOT))
+    from configs import fashion_mnist
+
+    config = fashion_mnist.get_config("smoke")
+    config.backbone.path = str(ROOT / config.backbone.path)
+    return config
+
+
+def _leaves_equal(a, b):
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("aid") / "full"
+    return train.train(smoke_config(), str(path))
+
+
+def test_resume_gives_the_uninterrupted_run(full_run, tmp_path):
+    assert full_run["step"] == 4 and full_run["train_step"]._cache_size() == 1  # no retracing
+    config = smoke_config()
+    config.train.num_steps = 3  # "interrupted" after step 3 (checkpoints at 2, then 3)
+    train.train(config, str(tmp_path))
+    config.train.num_steps = 4
+    resumed = train.train(config, str(tmp_path))
+    assert resumed["step"] == 4
+    for part in ("actor", "critic", "actor_ema", "actor_opt", "critic_opt"):
+        assert _leaves_equal(full_run["state"][part], resumed["state"][part]), part
+
+
+def test_training_moves_the_actor_and_logs_metrics(full_run):
+    workdir = pathlib.Path(full_run["workdir"])
+    lines = [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in lines if "critic_loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4]
+    for r in train_rows:
+        for name in ("delta_mean", "delta_std", "critic_error", "guidance_rms", "terminal_loss"):
+            assert np.isfinite(r[name]), name
+    val = [r for r in lines if "val_mse_hole" in r]
+    assert val and val[-1]["val_mse_hole_unguided"] > 0
+    assert (workdir / "samples" / "step_0000004.png").exists()
+    # The actor started at zero output (last conv zero) and has moved after the warm-up.
+    last = full_run["state"]["actor"]["Conv_1"]["kernel"]
+    assert float(np.abs(np.asarray(last)).max()) > 0
+    # critic_warmup = 1: the rollout of step 2 (index 1) still ran the initial, zero-output actor
+    # (index 0 did not update it); the rollout of step 4 runs an actor updated twice.
+    assert train_rows[0]["guidance_rms"] == 0.0 and train_rows[1]["guidance_rms"] > 0
+
+
+def test_resume_with_another_config_is_refused(full_run):
+    config = smoke_config()
+    config.aid.lam = 0.5
+    with pytest.raises(train.ResumeError, match="aid"):
+        train.train(config, full_run["workdir"])
+
+
+def test_masks_are_a_pure_function_of_seed_and_step():
+    specs = [{"kind": "center_box", "fraction": 0.5}, {"kind": "half", "side": "random"}]
+    a = train.masks_at(specs, 64, (16, 16), seed=0, step=3)
+    b = train.masks_at(specs, 64, (16, 16), seed=0, step=3)
+    c = train.masks_at(specs, 64, (16, 16), seed=0, step=4)
+    v = train.masks_at(specs, 64, (16, 16), seed=0, step=3, stream=1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, v)
+    assert set(np.unique(a)) == {0.0, 1.0}
+    hole = 1.0 - a.mean(axis=(1, 2, 3))
+    # Both families appear: centre boxes hide 1/4 of the image, halves 1/2.
+    assert np.isclose(hole, 0.25).any() and np.isclose(hole, 0.5).any()
+    with pytest.raises(ValueError, match="train.masks"):
+        cfg = smoke_config()
+        cfg.train.masks = "center_box,nope"
+        train.mask_specs(cfg)
+
+
+def test_sharded_step_equals_single_device():
+    config = smoke_config()
+    backbone = backbones.backbone_from_config(config.backbone)
+    cfg = train.aid_config(config, backbone.image_shape)
+    actor_tx, critic_tx = train.make_optimizers(config)
+    step_fn = train.make_train_step(config, cfg, backbone.config, actor_tx, critic_tx)
+    state = train.init_state(config, cfg, actor_tx, critic_tx, jax.random.key(0))
+    state["step"] = state["step"] + 5  # past the warm-up, so the actor updates too
+    x0 = np.asarray(jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1))
+    m = masks.make_masks("center_box", 8, 16, seed=0)
+    key = jax.random.key(2)
+    single_state, single_metrics = jax.jit(step_fn)(state, backbone.params, x0, m, key)
+
+    assert jax.device_count() == 8  # tests/conftest.py fakes eight CPU devices
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    out_state, out_metrics = jax.jit(step_fn, out_shardings=(rep, rep))(
+        jax.device_put(state, rep),
+        jax.device_put(backbone.params, rep),
+        jax.device_put(x0, split),
+        jax.device_put(m, split),
+        key,
+    )
+    np.testing.assert_allclose(out_metrics["critic_loss"], single_metrics["critic_loss"], rtol=1e-4)
+    for part in ("actor", "critic"):
+        for a, b in zip(
+            jax.tree.leaves(out_state[part]), jax.tree.leaves(single_state[part]), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_load_export_and_inpaint(full_run, tmp_path):
+    params = aid_jax.load(full_run["workdir"])
+    assert isinstance(params, aid_jax.AIDParams)
+    assert _leaves_equal(params.actor, full_run["state"]["actor_ema"])
+    out = train.export(full_run["workdir"], str(tmp_path / "export"))
+    exported = aid_jax.load(out)
+    assert _leaves_equal(exported.actor, params.actor)
+    x = np.zeros((2, 16, 16, 3), np.float32)
+    m = masks.make_masks("half", 2, 16, seed=1)
+    a = aid_jax.inpaint(params, x, m, num_steps=2).x
+    b = aid_jax.inpaint(exported, x, m, num_steps=2).x
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError):
+        train.export(full_run["workdir"], str(out))
+
+
+def test_load_refuses_bad_folders_and_another_backbone(full_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such"):
+        aid_jax.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="aid_config.json"):
+        aid_jax.load(tmp_path / "empty")
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "aid_config.json").write_text("{not json")
+    with pytest.raises(model.AIDError, match="corrupt"):
+        aid_jax.load(bad)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "aid_config.json").write_text(
+        (pathlib.Path(full_run["workdir"]) / "aid_config.json").read_text()
+    )
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        aid_jax.load(fresh)
+    # A module trained against one backbone is refused on another.
+    other = backbones.load_backbone(ROOT / "tests/testdata/edm_ddpmpp_tiny.pkl")
+    other = backbones.Backbone(
+        params=jax.tree.map(lambda a: a * 1.01, other.params),
+        config=other.config,
+        manifest={},
+    )
+    with pytest.raises(model.AIDError, match="params_sha256"):
+        api.load(full_run["workdir"], backbone=other)
+
+
+def test_main_job_smoke_writes_the_report(tmp_path):
+    """python -m aid_jax.main --config=configs/fashion_mnist.py:smoke: train, evaluate, report."""
+    workdir = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aid_jax.main",
+            "--config=configs/fashion_mnist.py:smoke",
+            f"--workdir={workdir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    methods = {r["method"] for r in results["rows"]}
+    assert {"aid", "replacement", "ground truth"} <= methods
+    aid_rows = [r for r in results["rows"] if r["method"] == "aid"]
+    assert all(r["nfe"] == 3 and r["nfe_backward"] == 0 for r in aid_rows)
+    assert (workdir / "eval" / "results.md").exists()
+    assert (workdir / "eval" / "quality_vs_nfe.png").exists()
+    assert (workdir / "eval" / "grid_center_box.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["afhq", "ffhq"])
+def test_full_architecture_configs_smoke(name, tmp_path):
+    """configs/{afhq,ffhq}.py:smoke — the 61.8M-parameter DDPM++ with random weights, one training
+    step and one evaluated image, on one CPU device."""
+    workdir = tmp_path / name
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aid_jax.main", f"--config=configs/{name}.py:smoke"]
+        + [f"--workdir={workdir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((workdir / "aid_config.json").read_text())
+    assert manifest["aid_config"]["image_shape"] == [64, 64, 3]
+    assert manifest["backbone"]["random"]["init_kwargs"]["model_channels"] == 128
+    rows = json.loads((workdir / "eval" / "results.json").read_text())["rows"]
+    assert any(r["method"] == "aid" for r in rows)
