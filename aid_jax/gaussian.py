@@ -356,3 +356,38 @@ def posterior_mean_rmse(samples, mean, mask) -> float:
     s = _flat_samples(samples, d)
     h = _flat(mask, d, "mask") == 0.0
     return float(np.sqrt(np.mean((s[:, h].mean(axis=0) - mean[h]) ** 2)))
+
+
+BENCHMARK_MASKS = (
+    "top_half",
+    "bottom_half",
+    "left_half",
+    "center_box",
+    "random_pixels",
+    "random_boxes",
+)
+
+
+def benchmark_mask(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A fixed mask float32 ``[H, W, 1]`` (1 = known) for the Gaussian benchmarks.
+
+    ``top_half``: the top half known, the bottom half missing (the AID.md §5 reference run);
+    ``bottom_half`` / ``left_half`` name the known half likewise; ``center_box`` (half the side),
+    ``random_pixels`` (50 % dropout) and ``random_boxes`` are :mod:`aid_jax.masks` families drawn
+    with ``seed``.
+    """
+    from aid_jax import masks
+
+    hw = (height, width)
+    if kind in ("top_half", "bottom_half", "left_half"):
+        hole_side = {"top_half": "bottom", "bottom_half": "top", "left_half": "right"}[kind]
+        m = masks.make_masks("half", 1, hw, seed=seed, side=hole_side)
+    elif kind == "center_box":
+        m = masks.make_masks("center_box", 1, hw, seed=seed, fraction=0.5)
+    elif kind == "random_pixels":
+        m = masks.make_masks("pixel_dropout", 1, hw, seed=seed, p=0.5)
+    elif kind == "random_boxes":
+        m = masks.make_masks("random_boxes", 1, hw, seed=seed)
+    else:
+        raise ValueError(f"unknown mask {kind!r}; choose from {BENCHMARK_MASKS}")
+    return m[0]

@@ -37,29 +37,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax import baselines, masks
-from aid_jax.gaussian import GaussianWorld, empirical_w2_to_posterior, posterior_mean_rmse
+from aid_jax import baselines
+from aid_jax.gaussian import (
+    BENCHMARK_MASKS,
+    GaussianWorld,
+    benchmark_mask,
+    empirical_w2_to_posterior,
+    posterior_mean_rmse,
+)
 
-MASKS = ("top_half", "bottom_half", "left_half", "center_box", "random_pixels", "random_boxes")
-
-
-def make_mask(kind: str, height: int, width: int, seed: int) -> np.ndarray:
-    """float32 [H, W, 1], 1 = known. ``top_half``: the top half known, the bottom half missing
-    (the AID.md §5 reference run); ``bottom_half`` / ``left_half`` likewise name the known half;
-    the others are ``aid_jax.masks`` families (centre box of half the side, 50 % pixel dropout,
-    random boxes)."""
-    if kind in ("top_half", "bottom_half", "left_half"):
-        hole_side = {"top_half": "bottom", "bottom_half": "top", "left_half": "right"}[kind]
-        m = masks.make_masks("half", 1, (height, width), seed=seed, side=hole_side)
-    elif kind == "center_box":
-        m = masks.make_masks("center_box", 1, (height, width), seed=seed, fraction=0.5)
-    elif kind == "random_pixels":
-        m = masks.make_masks("pixel_dropout", 1, (height, width), seed=seed, p=0.5)
-    elif kind == "random_boxes":
-        m = masks.make_masks("random_boxes", 1, (height, width), seed=seed)
-    else:
-        raise ValueError(f"unknown mask {kind!r}; choose from {MASKS}")
-    return m[0]
+MASKS = BENCHMARK_MASKS
+make_mask = benchmark_mask
 
 
 def _largest_fitting(method: str, nfe: int, options_of_n) -> tuple[int, dict] | None:

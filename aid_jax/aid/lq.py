@@ -56,9 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aid_jax import masks as masks_lib
 from aid_jax.aid import control, losses
-from aid_jax.gaussian import GaussianWorld
+from aid_jax.gaussian import BENCHMARK_MASKS, GaussianWorld, benchmark_mask
 from aid_jax.sampling import edm_sigmas
 
 __all__ = [
@@ -78,30 +77,14 @@ __all__ = [
     "train",
 ]
 
-MASKS = ("top_half", "bottom_half", "left_half", "center_box", "random_pixels", "random_boxes")
+MASKS = BENCHMARK_MASKS
 FEATURES = ("xy", "whitened")
 
 
 def lq_mask(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A fixed mask float32 ``[H, W, 1]`` (1 = known) for the benchmark.
-
-    ``top_half``: the top half known, the bottom half missing (AID.md §5); ``bottom_half`` /
-    ``left_half`` name the known half likewise; ``center_box`` (half the side),
-    ``random_pixels`` (50 % dropout) and ``random_boxes`` are :mod:`aid_jax.masks` families
-    drawn with ``seed``.
-    """
-    if kind in ("top_half", "bottom_half", "left_half"):
-        side = {"top_half": "bottom", "bottom_half": "top", "left_half": "right"}[kind]
-        m = masks_lib.make_masks("half", 1, (height, width), seed=seed, side=side)
-    elif kind == "center_box":
-        m = masks_lib.make_masks("center_box", 1, (height, width), seed=seed, fraction=0.5)
-    elif kind == "random_pixels":
-        m = masks_lib.make_masks("pixel_dropout", 1, (height, width), seed=seed, p=0.5)
-    elif kind == "random_boxes":
-        m = masks_lib.make_masks("random_boxes", 1, (height, width), seed=seed)
-    else:
-        raise ValueError(f"unknown mask {kind!r}; choose from {MASKS}")
-    return m[0]
+    """A fixed mask float32 ``[H, W, 1]`` (1 = known) for the benchmark
+    (:func:`aid_jax.gaussian.benchmark_mask`, shared with benchmarks/gaussian_posterior.py)."""
+    return benchmark_mask(kind, height, width, seed)
 
 
 def _inv_sqrt_psd(a: np.ndarray) -> np.ndarray:
