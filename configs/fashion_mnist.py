@@ -72,6 +72,7 @@ def get_config(arg=None):
         dict(
             actor_lr=1e-3,
             critic_lr=3e-3,
+            critic_opt="adam",  # "adam" | "sgd" (the LQ benchmark's choice; docs/AID_DESIGN.md)
             warmup_steps=10,
             schedule="constant",  # "constant" | "cosine"
             final_lr_frac=0.1,

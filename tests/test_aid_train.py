@@ -225,3 +225,24 @@ def test_full_architecture_configs_smoke(name, tmp_path):
     assert manifest["backbone"]["random"]["init_kwargs"]["model_channels"] == 128
     rows = json.loads((workdir / "eval" / "results.json").read_text())["rows"]
     assert any(r["method"] == "aid" for r in rows)
+
+
+def test_critic_optimizer_option():
+    """optim.critic_opt='sgd': the critic's update is −lr·g (after the warm-up ramp)."""
+    config = smoke_config()
+    config.optim.critic_opt = "sgd"
+    config.optim.grad_clip = 0.0
+    _, critic_tx = train.make_optimizers(config)
+    params = {"w": np.ones(3, np.float32)}
+    grads = {"w": np.array([1.0, -2.0, 0.5], np.float32)}
+    state = critic_tx.init(params)
+    seen = []
+    for _ in range(config.optim.warmup_steps + 1):  # the linear warm-up: 0, lr/W, ..., lr
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = critic_tx.update(grads, state, params)
+        seen.append(float(updates["w"][0]))
+    assert seen[0] == 0.0
+    np.testing.assert_allclose(updates["w"], -config.optim.critic_lr * grads["w"], rtol=1e-5)
+    config.optim.critic_opt = "rmsprop"
+    with pytest.raises(ValueError, match="critic_opt"):
+        train.make_optimizers(config)

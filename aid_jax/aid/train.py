@@ -112,14 +112,21 @@ def _schedule(config, lr: float):
     raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
 
 
-def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    def adam(lr):
-        parts = (
-            [optax.clip_by_global_norm(config.optim.grad_clip)] if config.optim.grad_clip else []
-        )
-        return optax.chain(*parts, optax.adam(_schedule(config, lr), b1=0.9, b2=0.999))
+CRITIC_OPTIMIZERS = ("adam", "sgd")
 
-    return adam(config.optim.actor_lr), adam(config.optim.critic_lr)
+
+def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(actor, critic) optimisers: Adam for the actor; Adam or plain SGD (``optim.critic_opt``)
+    for the critic — on the LQ benchmark an SGD critic was what made the actor converge
+    (docs/AID_DESIGN.md). Both with the warm-up schedule and optional global-norm clipping."""
+    clip = [optax.clip_by_global_norm(config.optim.grad_clip)] if config.optim.grad_clip else []
+    critic_opt = config.optim.get("critic_opt", "adam")
+    if critic_opt not in CRITIC_OPTIMIZERS:
+        raise ValueError(f"optim.critic_opt must be one of {CRITIC_OPTIMIZERS}, got {critic_opt!r}")
+    actor = optax.chain(*clip, optax.adam(_schedule(config, config.optim.actor_lr)))
+    critic_lr = _schedule(config, config.optim.critic_lr)
+    critic = optax.adam(critic_lr) if critic_opt == "adam" else optax.sgd(critic_lr)
+    return actor, optax.chain(*clip, critic)
 
 
 def init_state(config, cfg: model.AIDConfig, actor_tx, critic_tx, key):
