@@ -75,7 +75,7 @@ def _method_registry() -> dict[str, Callable]:
     return dict(baselines.METHODS, aid=None)  # "aid": a trained module (aid_jax.aid.model)
 
 
-def _aid_inpainter(entry, steps: int, backbone, cache: dict):
+def _aid_inpainter(entry, steps: int, backbone, cache: dict, mesh):
     """The harness form of a trained AID module: options ``checkpoint`` (workdir or export),
     ``solver``; the output is raw (the harness composites)."""
     from aid_jax.aid import api
@@ -91,8 +91,8 @@ def _aid_inpainter(entry, steps: int, backbone, cache: dict):
             "method 'aid' needs options.checkpoint (an AID workdir or export folder), e.g. "
             "--config.methods.aid.options.checkpoint=runs/aid"
         )
-    if path not in cache:
-        cache[path] = api.load(path, backbone=backbone)
+    if path not in cache:  # loaded and replicated on the mesh once per checkpoint
+        cache[path] = sharding.replicate(api.load(path, backbone=backbone), mesh)
     return aid_model.make_inpainter(
         cache[path], num_steps=steps, solver=options.get("solver", "euler"), paste_back=False
     )
@@ -351,13 +351,15 @@ def run(config, workdir: str) -> dict:
         options = dict(entry.options.to_dict()) if "options" in entry else {}
         options["num_steps"] = steps
         if (method_name, steps) not in inpainters and entry.method == "aid":
-            inpainters[(method_name, steps)] = _aid_inpainter(entry, steps, backbone, aid_cache)
+            inpainters[(method_name, steps)] = _aid_inpainter(
+                entry, steps, backbone, aid_cache, mesh
+            )
         elif (method_name, steps) not in inpainters:
             inpainters[(method_name, steps)] = baselines.make_inpainter(
                 entry.method, denoise_with_params, **options
             )
         fn = inpainters[(method_name, steps)]
-        fn_params = sharding.replicate(fn.params, mesh) if hasattr(fn, "params") else params
+        fn_params = getattr(fn, "params", params)  # AID carries its own (replicated) bundle
         m_rows = mask_sets[mask_name][rows_per_image]
         y_rows = (m_rows * gt_rows).astype(np.float32)
         # Keys depend on the mask's name (not its position), so a subset of masks reproduces.

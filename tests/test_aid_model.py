@@ -111,6 +111,10 @@ def test_jit_compiles_once_and_matches_eager(bundle, data):
     assert len(traces) == 1 and not np.allclose(a, b)
     eager = aid_jax.inpaint(bundle, x, m, key=jax.random.key(0), solver="heun", num_steps=3).x
     np.testing.assert_allclose(a, eager, rtol=1e-4, atol=2e-4)  # XLA fusion order
+    # Eager calls run one cached program: a second call with new values compiles nothing.
+    compiled = model._sample._cache_size()
+    aid_jax.inpaint(bundle, x * 0.5, m, key=jax.random.key(4), solver="heun", num_steps=3)
+    assert model._sample._cache_size() == compiled
 
 
 def test_same_key_same_result_and_keys_differ(bundle, data):

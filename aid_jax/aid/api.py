@@ -95,7 +95,7 @@ def load(path, *, backbone=None) -> model.AIDParams:
         backbone = backbones.backbone_from_config(recorded)
     elif not isinstance(backbone, backbones.Backbone):
         backbone = backbones.load_backbone(backbone)
-    sha = backbone.manifest.get("params_sha256") or backbones.loader.tree_sha256(backbone.params)
+    sha = backbone.params_sha256
     want = recorded.get("params_sha256", "")
     if want and sha != want:
         raise model.AIDError(

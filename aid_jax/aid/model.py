@@ -20,6 +20,7 @@ docs/RESULTS.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -283,6 +284,14 @@ def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+@functools.lru_cache(maxsize=32)
+def _actor_shapes(config: AIDConfig):
+    """The actor's parameter shapes for ``config`` (traced once per config, not per call)."""
+    return jax.tree.map(
+        lambda a: a.shape, jax.eval_shape(lambda: init_actor(jax.random.key(0), config))
+    )
+
+
 def validate_params(params: AIDParams) -> None:
     """Checks that the actor fits the backbone (image shape, channels); raises :class:`AIDError`."""
     if not isinstance(params, AIDParams):
@@ -296,9 +305,7 @@ def validate_params(params: AIDParams) -> None:
             f"the guidance module was trained for images {params.config.image_shape} but the "
             f"backbone makes {bshape}: load the backbone it was trained with"
         )
-    expected = jax.tree.map(
-        lambda a: a.shape, jax.eval_shape(lambda: init_actor(jax.random.key(0), params.config))
-    )
+    expected = _actor_shapes(params.config)
     got = jax.tree.map(lambda a: tuple(np.shape(a)), params.actor)
     if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
         raise AIDError(
@@ -331,6 +338,9 @@ def inpaint(
     paste_back: bool = True,
 ):
     """Inpaint with a trained AID guidance module (AID.md §6). Pure and jit-able.
+
+    Host-side checks, then one jitted program (compiled once per input shapes, solver, step count
+    and paste-back), so eager calls do not retrace; inside a user's ``jax.jit`` it inlines.
 
     x_0 = σ_max·n (n from ``key``), then the controlled probability-flow ODE dx/dr = b + μ_φ on
     the EDM schedule with ``num_steps`` steps (default: the training K), Euler (NFE K) or Heun
@@ -372,14 +382,22 @@ def inpaint(
         raise AIDError(f"x must be [B, *{params.config.image_shape}] (NHWC), got {x.shape}")
     if mask.ndim != 4 or mask.shape[1:3] != x.shape[1:3] or mask.shape[0] not in (1, x.shape[0]):
         raise AIDError(f"mask must be [B, H, W, 1] matching x {x.shape}, got {mask.shape}")
-    mask = _check_mask_channels(mask, x.shape[-1]).astype(jnp.float32)
-    mask = jnp.broadcast_to(mask, x.shape[:3] + (1,))
-    y = jnp.where(mask > 0.5, x.astype(jnp.float32), 0.0)  # the hole is never read
+    mask = _check_mask_channels(mask, x.shape[-1])
     key = jax.random.key(0) if key is None else key
+    return _sample(params, x, mask, key, solver=solver, num_steps=int(steps), paste_back=paste_back)
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "num_steps", "paste_back"))
+def _sample(params: AIDParams, x, mask, key, *, solver: str, num_steps: int, paste_back: bool):
+    """The jitted core of :func:`inpaint` (inputs already checked; ``mask`` has one channel)."""
+    from aid_jax import baselines
+
+    mask = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:3] + (1,))
+    y = jnp.where(mask > 0.5, x.astype(jnp.float32), 0.0)  # the hole is never read
     x_init = params.config.sigma_max * jax.random.normal(key, y.shape, jnp.float32)
     mu = guidance_mean_fn(params.actor, params.config, y, mask)
     out = control.controlled_sample(
-        params.denoise, mu, x_init, params.config.sigmas(int(steps)), solver=solver
+        params.denoise, mu, x_init, params.config.sigmas(num_steps), solver=solver
     )
     sample = out.x
     if paste_back:

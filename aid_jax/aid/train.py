@@ -30,7 +30,7 @@ import optax
 from tqdm.auto import tqdm
 
 from aid_jax import backbones, checkpoint, images, masks, report, sharding
-from aid_jax.aid import control, losses, model
+from aid_jax.aid import api, control, losses, model
 from aid_jax.data import pipeline, sources
 from aid_jax.writers import MetricWriter
 
@@ -51,7 +51,6 @@ RUN_DEFINING = (
     "train.critic_warmup",
 )
 ACTORS = ("lr", "pathwise")
-STATE_FILE = "aid_config.json"
 
 
 ResumeError = checkpoint.ResumeError
@@ -334,7 +333,7 @@ def train(config, workdir: str) -> dict:
             f"train.batch_size={batch} must be even with antithetic pairs and its "
             f"{'half' if t.antithetic else 'value'} must divide over {mesh.devices.size} devices"
         )
-    sha = backbone.manifest.get("params_sha256") or backbones.loader.tree_sha256(backbone.params)
+    sha = backbone.params_sha256
 
     # ------------------------------------------------------------------ networks, optimisers
     actor_tx, critic_tx = make_optimizers(config)
@@ -387,6 +386,7 @@ def train(config, workdir: str) -> dict:
     bar = tqdm(total=num_steps, initial=start, desc="train AID", unit="step", smoothing=0.05)
     step = start
     last_val = None
+    put = sharding.batch_sharding(mesh)
     try:
         while step < num_steps and not stop["flag"]:
             x0 = pipeline.batch_at(
@@ -398,7 +398,6 @@ def train(config, workdir: str) -> dict:
                 process_count=jax.process_count(),
             )["image"]
             m = masks_at(specs, x0.shape[0], shape[:2], int(config.seed), step)
-            put = sharding.batch_sharding(mesh)
             x0_d = jax.make_array_from_process_local_data(put, x0)
             m_d = jax.make_array_from_process_local_data(put, m)
             state, metrics = train_step(state, backbone_params, x0_d, m_d, train_key)
@@ -488,21 +487,19 @@ def write_run_manifest(directory: pathlib.Path, cfg: model.AIDConfig, config, sh
         backbone=dict(config.backbone.to_dict(), params_sha256=sha),
         date=datetime.datetime.now().isoformat(timespec="seconds"),
     )
-    (directory / STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    (directory / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def export(workdir: str, out: str) -> pathlib.Path:
     """Write the EMA actor of the newest checkpoint in ``workdir`` as ``out/actor`` (Orbax) plus
     ``out/aid_config.json``; ``aid_jax.load(out)`` reads it."""
-    from aid_jax.aid import api
-
     params, manifest = api.load_actor(workdir)
     out = pathlib.Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new folder")
     out.mkdir(parents=True)
     checkpoint.save_pytree(out / "actor", params)
-    (out / STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 
 

@@ -204,6 +204,12 @@ class Backbone:
     def sigma_max(self) -> float:
         return float(getattr(self.config, "sigma_max", float("inf")))
 
+    @functools.cached_property
+    def params_sha256(self) -> str:
+        """sha256 of the parameters (the manifest's, else computed once): what a module trained
+        against this backbone records and checks."""
+        return self.manifest.get("params_sha256") or tree_sha256(self.params)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         res, ch, _ = _io_dims(self.config)
