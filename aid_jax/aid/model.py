@@ -13,8 +13,8 @@ and the deployed inpainter (AID.md §3, §6).
   guidance added to the drift, optional paste-back.
 
 The guidance module is indexed by σ, not by the step number: on another step count or with Heun
-it is evaluated at that sampler's noise levels (the transfer the paper claims; measured in
-docs/RESULTS.md).
+it is evaluated at that sampler's noise levels (the transfer the paper claims; first measurements
+in docs/AID_DESIGN.md).
 """
 
 from __future__ import annotations
