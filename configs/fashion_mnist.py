@@ -4,8 +4,11 @@ backbone, then evaluate it against the baselines with the evaluation harness.
 Run:    python -m aid_jax.main --config=configs/fashion_mnist.py --workdir=runs/aid
 Only train:     --config.mode=train_aid
 Only evaluate:  --config.mode=evaluate --config.methods.aid.options.checkpoint=runs/aid
-Paper's actor:  default (likelihood ratio, TD(0) critic); --config.train.actor=pathwise for the
-                pathwise option (AID.md §4); decisions and their measurements: docs/AID_DESIGN.md.
+Actor:  pathwise by default (AID.md §4's option; it learns where the paper's likelihood-ratio
+        estimator does not move in the same budget); --config.train.actor=lr for the paper's
+        estimator. Decisions and their measurements: docs/AID_DESIGN.md.
+Sized for the 2-core CPU: training and the evaluation below take about 20 minutes together
+(docs/BENCHMARKS.md); docs/RESULTS.md holds the longer runs.
 Smoke:  --config=configs/fashion_mnist.py:smoke (tiny random-weight fixture backbone, synthetic
         16×16 data, a few steps; what the tests run).
 
@@ -46,6 +49,7 @@ def get_config(arg=None):
             critic_emb_dim=16,
             critic_x0=False,
             output="denoiser",  # μ = c(σ)·n: n corrects D (docs/AID_DESIGN.md); "drift": μ = n
+            base="none",  # "projection": n is added to m⊙(y − D) (warm start at DDNM, η = 0)
         )
     )
     config.train = ml_collections.ConfigDict(
@@ -53,7 +57,7 @@ def get_config(arg=None):
             masks="center_box,half,strokes",  # entries of config.masks, mixed per sample
             batch_size=32,  # rollouts per step (antithetic: 16 observations × (ε, −ε))
             num_steps=300,
-            actor="lr",  # "lr" (the paper) | "pathwise"
+            actor="pathwise",  # "pathwise" | "lr" (the paper's; docs/AID_DESIGN.md)
             antithetic=True,
             td_lambda=0.0,  # critic: 0 = TD(0) (the paper), 1 = Monte-Carlo returns
             adv_lambda=0.0,  # actor weight: 0 = δ_k (the paper)
@@ -90,6 +94,14 @@ def get_config(arg=None):
     )
     config.eval.methods = "aid,aid_heun,unguided,replacement,repaint,ddnm,pigdm,dps"
     config.eval.num_images = 32
+    # Every baseline at AID's NFE (10 Euler steps) and, where a 2-core CPU affords it, above:
+    # RePaint's 25 jumped steps are 105 NFE (≥ 10× AID's); DPS and ΠGDM pay a backward pass per
+    # step. docs/RESULTS.md adds the higher step counts of configs/eval_fashion_mnist.py.
+    config.methods.unguided.steps = (6, 10)  # Heun: 11 and 19 NFE
+    config.methods.replacement.steps = (6, 10)
+    config.methods.ddnm.steps = (10, 20)
+    config.methods.pigdm.steps = (10,)
+    config.methods.dps.steps = (10,)
     if arg == "smoke":
         config.backbone.path = "tests/testdata/edm_ddpmpp_tiny.pkl"
         config.data = ml_collections.ConfigDict(

@@ -22,14 +22,15 @@ def world() -> GaussianWorld:
 
 
 def _linear_guidance(w: np.ndarray, v: np.ndarray):
-    """μ(k, r, σ, x, D) = w_k ⊙ x + v_k ⊙ D + r (uses every argument), and its NumPy twin."""
+    """μ(k, r, σ, x, D, dσ/dr) = w_k ⊙ x + v_k ⊙ D + r + σ/100 + (dσ/dr)/1000 (uses every
+    argument), and its NumPy twin."""
     w32, v32 = jnp.asarray(w, jnp.float32), jnp.asarray(v, jnp.float32)
 
-    def mu(k, r, sigma, x, den):
-        return w32[k] * x + v32[k] * den + r + 0.01 * sigma
+    def mu(k, r, sigma, x, den, ds_dr):
+        return w32[k] * x + v32[k] * den + r + 0.01 * sigma + 0.001 * ds_dr
 
-    def mu_np(k, r, sigma, x, den):
-        return w[k] * x + v[k] * den + r + 0.01 * sigma
+    def mu_np(k, r, sigma, x, den, ds_dr):
+        return w[k] * x + v[k] * den + r + 0.01 * sigma + 0.001 * ds_dr
 
     return mu, mu_np
 
@@ -75,7 +76,7 @@ def test_unguided_deployment_is_the_edm_sampler(world, solver):
     ref = sampling.sample(denoise, latents, config=config)
     sigmas = config.sigmas()
     x_init = latents * sigmas[0]
-    for guidance in (None, lambda k, r, s, x, den: jnp.zeros_like(x)):
+    for guidance in (None, lambda k, r, s, x, den, ds_dr: jnp.zeros_like(x)):
         got = control.controlled_sample(denoise, guidance, x_init, sigmas, solver=solver)
         assert got.nfe == ref.nfe == sampling.nfe(config)
         np.testing.assert_allclose(np.asarray(got.x), np.asarray(ref.x), rtol=2e-5, atol=2e-5)
@@ -90,11 +91,11 @@ def _reference_deploy(world, mu_np, x_init, sigmas, solver):
         s0, s1 = sig[k], sig[k + 1]
         ds_dr = k_steps * (s1 - s0)
         den = _den64(world, x, s0)
-        f1 = ds_dr * (x - den) / s0 + mu_np(k, k / k_steps, s0, x, den)
+        f1 = ds_dr * (x - den) / s0 + mu_np(k, k / k_steps, s0, x, den, ds_dr)
         x_e = x + f1 / k_steps
         if solver == "heun" and s1 > 0:
             den2 = _den64(world, x_e, s1)
-            f2 = ds_dr * (x_e - den2) / s1 + mu_np(k + 1, (k + 1) / k_steps, s1, x_e, den2)
+            f2 = ds_dr * (x_e - den2) / s1 + mu_np(k + 1, (k + 1) / k_steps, s1, x_e, den2, ds_dr)
             x = x + 0.5 * (f1 + f2) / k_steps
         else:
             x = x_e
@@ -142,7 +143,7 @@ def test_rollout_records_a_consistent_trajectory(world):
     for k in range(k_steps):
         den = _den64(world, xs[k], sig[k])
         np.testing.assert_allclose(np.asarray(ro.denoised[k]), den, rtol=1e-4, atol=1e-5)
-        m = mu_np(k, k / k_steps, sig[k], xs[k], den)
+        m = mu_np(k, k / k_steps, sig[k], xs[k], den, k_steps * (sig[k + 1] - sig[k]))
         np.testing.assert_allclose(np.asarray(ro.means[k]), m, rtol=1e-4, atol=1e-5)
         a = m + s * np.asarray(ro.eps[k], np.float64)
         np.testing.assert_allclose(np.asarray(ro.actions[k]), a, rtol=1e-4, atol=1e-5)
@@ -160,7 +161,7 @@ def test_rollout_is_deterministic_and_antithetic(world):
     sigmas = sampling.edm_sigmas(k_steps, sigma_max=20.0)
     half = 20.0 * jax.random.normal(jax.random.key(0), (b // 2, *SHAPE), jnp.float32)
     x_init = control.pair_up(half)
-    zero = lambda k, r, s, x, den: jnp.zeros_like(x)  # noqa: E731
+    zero = lambda k, r, s, x, den, ds_dr: jnp.zeros_like(x)  # noqa: E731
     ro1 = control.rollout(
         denoise, zero, x_init, sigmas, jax.random.key(1), policy_std=1.0, antithetic=True
     )
@@ -194,7 +195,7 @@ def test_rollout_carries_no_gradient(world):
     x_init = 5.0 * jax.random.normal(jax.random.key(0), (2, *SHAPE), jnp.float32)
 
     def f(theta):
-        mu = lambda k, r, s, x, den: theta * x  # noqa: E731
+        mu = lambda k, r, s, x, den, ds_dr: theta * x  # noqa: E731
         ro = control.rollout(
             world.denoiser(), mu, x_init, sigmas, jax.random.key(1), policy_std=0.5
         )
@@ -207,7 +208,7 @@ def test_per_coordinate_policy_std(world):
     sigmas = sampling.edm_sigmas(2, sigma_max=5.0)
     x_init = jnp.ones((4, *SHAPE), jnp.float32)
     s = jnp.linspace(0.0, 2.0, D).reshape(SHAPE)
-    zero = lambda k, r, sg, x, den: jnp.zeros_like(x)  # noqa: E731
+    zero = lambda k, r, sg, x, den, ds_dr: jnp.zeros_like(x)  # noqa: E731
     ro = control.rollout(world.denoiser(), zero, x_init, sigmas, jax.random.key(0), policy_std=s)
     np.testing.assert_allclose(np.asarray(ro.actions), np.asarray(s * ro.eps), rtol=1e-6)
     assert float(jnp.abs(ro.actions[..., 0, 0, 0]).max()) == 0.0
@@ -221,7 +222,7 @@ def test_traced_once_and_no_retracing(world):
         calls["denoise"] += 1
         return base(x, sigma)
 
-    mu = lambda k, r, s, x, den: 0.1 * den  # noqa: E731
+    mu = lambda k, r, s, x, den, ds_dr: 0.1 * den  # noqa: E731
     sigmas = sampling.edm_sigmas(7, sigma_max=10.0)
 
     @jax.jit
@@ -247,7 +248,7 @@ def test_traced_once_and_no_retracing(world):
 
 
 def test_bad_inputs_raise(world):
-    zero = lambda k, r, s, x, den: jnp.zeros_like(x)  # noqa: E731
+    zero = lambda k, r, s, x, den, ds_dr: jnp.zeros_like(x)  # noqa: E731
     x = jnp.ones((2, *SHAPE), jnp.float32)
     with pytest.raises(ValueError, match="sigmas"):
         control.controlled_sample(world.denoiser(), zero, x, jnp.ones((1,)))

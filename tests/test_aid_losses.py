@@ -136,7 +136,7 @@ def test_lr_surrogate_gradient_is_the_score_function_formula():
     ro = _rollout(xs, eps, np.zeros_like(eps), np.linspace(3.0, 0.0, k_steps + 1), s, den)
 
     def loss(w_):
-        def mu(k, r, sigma, x, dn):
+        def mu(k, r, sigma, x, dn, ds_dr):
             return jnp.tanh(x @ w_[k].T + dn @ jnp.asarray(v, jnp.float32)[k].T)
 
         return losses.lr_actor_loss(mu, ro, jnp.asarray(adv, jnp.float32))
@@ -171,7 +171,7 @@ def test_lr_surrogate_is_the_log_likelihood_gradient():
         return jnp.sum(jnp.mean(adv * logp, axis=1))
 
     def surrogate(theta):
-        return losses.lr_actor_loss(lambda k, r, sg, x, dn: theta[k] * x, ro, adv)
+        return losses.lr_actor_loss(lambda k, r, sg, x, dn, ds_dr: theta[k] * x, ro, adv)
 
     np.testing.assert_allclose(
         jax.grad(surrogate)(theta0), jax.grad(logpi_loss)(theta0), rtol=1e-5, atol=1e-6
@@ -192,7 +192,7 @@ def test_pathwise_loss_value_and_gradient_by_hand():
 
     def loss(th):
         return losses.pathwise_actor_loss(
-            lambda k, r, sg, x, dn: th[k] * x,
+            lambda k, r, sg, x, dn, ds_dr: th[k] * x,
             lambda k, r, sg, x: jnp.asarray(w, jnp.float32)[k] * jnp.sum(x**2, axis=1),
             ro,
             lambda x: losses.terminal_cost(x, x0j),

@@ -78,7 +78,8 @@ def test_guided_euler_matches_float64_loop(bundle, data):
     for k in range(5):
         xk = jnp.asarray(xs, jnp.float32)
         den = np.asarray(bundle.denoise(xk, jnp.full((3,), sig[k], jnp.float32)), np.float64)
-        g = np.asarray(mu(k, k / 5, jnp.float32(sig[k]), xk, jnp.asarray(den, jnp.float32)))
+        ds_dr = jnp.float32(5 * (sig[k + 1] - sig[k]))
+        g = np.asarray(mu(k, k / 5, jnp.float32(sig[k]), xk, jnp.asarray(den, jnp.float32), ds_dr))
         xs = xs + (sig[k + 1] - sig[k]) * (xs - den) / sig[k] + g.astype(np.float64) / 5
     np.testing.assert_allclose(out.x, xs, rtol=2e-4, atol=2e-4)
     # The guidance changed the result (the check above is not the unguided sampler's).
@@ -214,8 +215,52 @@ def test_denoiser_rate_is_the_schedules_log_derivative():
     x = jnp.zeros((1, 8, 8, 1))
     actor = jax.tree.map(lambda p: p + 0.1, model.init_actor(jax.random.key(0), cfg))
     drift = model.AIDConfig(image_shape=(8, 8, 1), actor_channels=(4, 4), output="drift")
-    mu_d = model.guidance_mean_fn(actor, cfg, x, jnp.ones_like(x))(0, 0.0, 2.0, x, x)
-    mu_n = model.guidance_mean_fn(actor, drift, x, jnp.ones_like(x))(0, 0.0, 2.0, x, x)
+    step = model.AIDConfig(image_shape=(8, 8, 1), actor_channels=(4, 4), output="denoiser_step")
+    args = (0, 0.0, 2.0, x, x, -3.0)  # σ = 2, dσ/dr = −3
+    mu_d = model.guidance_mean_fn(actor, cfg, x, jnp.ones_like(x))(*args)
+    mu_s = model.guidance_mean_fn(actor, step, x, jnp.ones_like(x))(*args)
+    mu_n = model.guidance_mean_fn(actor, drift, x, jnp.ones_like(x))(*args)
+    assert float(jnp.abs(mu_n).max()) > 1e-3
     np.testing.assert_allclose(mu_d, model.denoiser_rate(cfg, 2.0) * mu_n, rtol=1e-6)
+    np.testing.assert_allclose(mu_s, 1.5 * mu_n, rtol=1e-6)  # −(dσ/dr)/σ = 3/2
     with pytest.raises(model.AIDError, match="output"):
         model.AIDConfig(image_shape=(8, 8, 1), output="score")
+
+
+@pytest.mark.parametrize("output", ["denoiser_step", "denoiser", "drift"])
+def test_projection_base_starts_at_the_projection_sampler(bundle, data, output):
+    """``base='projection'`` with a zero network, in float64: x_{k+1} = x_k + (σ_{k+1} − σ_k)
+    (x_k − D)/σ_k + rate·m⊙(y − D)/K. With ``denoiser_step`` the rate is the step's own,
+    K(σ_k − σ_{k+1})/σ_k, which is the projection sampler (D replaced by m⊙y + (1 − m)⊙D) and
+    lands on y at the known pixels; otherwise it is c(σ) = ρ(a − b)σ^{−1/ρ}."""
+    x, m = data
+    cfg = model.AIDConfig(
+        image_shape=(8, 8, 1), num_steps=4, actor_channels=(4, 4), base="projection", output=output
+    )
+    p = model.AIDParams(
+        bundle.backbone,
+        jax.tree.map(jnp.zeros_like, bundle.actor),
+        bundle.backbone_config,
+        cfg,
+    )
+    key = jax.random.key(2)
+    out = aid_jax.inpaint(p, x, m, key=key, paste_back=False, num_steps=6)
+    sig = np.asarray(sampling.edm_sigmas(6), np.float64)
+    y = m * x.astype(np.float64)
+    xs = 80.0 * np.asarray(jax.random.normal(key, x.shape, jnp.float32), np.float64)
+    for k in range(6):
+        xk = jnp.asarray(xs, jnp.float32)
+        den = np.asarray(bundle.denoise(xk, jnp.full((3,), sig[k], jnp.float32)), np.float64)
+        if output == "denoiser_step":
+            rate = 6 * (sig[k] - sig[k + 1]) / sig[k]
+        else:
+            a, b = 80.0 ** (1 / 7), 0.002 ** (1 / 7)
+            rate = 7.0 * (a - b) * sig[k] ** (-1 / 7)
+        xs = xs + (sig[k + 1] - sig[k]) * (xs - den) / sig[k] + rate * m * (y - den) / 6
+    np.testing.assert_allclose(out.x, xs, rtol=2e-4, atol=2e-4)
+    if output == "denoiser_step":
+        np.testing.assert_allclose(np.asarray(out.x)[m == 1], x[m == 1], atol=1e-5)
+    plain = aid_jax.inpaint(_zero_actor(bundle), x, m, key=key, paste_back=False, num_steps=6)
+    assert float(np.abs((np.asarray(plain.x) - x) * m).max()) > 0.1
+    with pytest.raises(model.AIDError, match="base"):
+        model.AIDConfig(image_shape=(8, 8, 1), base="ddnm")

@@ -64,7 +64,7 @@ def test_training_moves_the_actor_and_logs_metrics(full_run):
         for name in ("delta_mean", "delta_std", "critic_error", "guidance_rms", "terminal_loss"):
             assert np.isfinite(r[name]), name
     val = [r for r in lines if "val_mse_hole" in r]
-    assert val and val[-1]["val_mse_hole_unguided"] > 0
+    assert val and val[-1]["val_mse_hole_init"] > 0
     assert (workdir / "samples" / "step_0000004.png").exists()
     # The actor started at zero output (last conv zero) and has moved after the warm-up.
     last = full_run["state"]["actor"]["Conv_1"]["kernel"]

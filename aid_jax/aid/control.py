@@ -23,9 +23,9 @@ Memory: (K + 1) + 3K states of the batch's shape; fine for images at K ≤ 18.
 Deployment (:func:`controlled_sample`). The noise is dropped (u = μ). Euler as above (NFE K) or
 Heun on the step clock (NFE 2K − 1): for a step ending at σ_{k+1} > 0,
 
-    f_1 = b(σ_k, x_k) + μ(k, r_k, σ_k, x_k, D(x_k; σ_k)),      x̃ = x_k + Δr f_1,
+    f_1 = b(σ_k, x_k) + μ(k, r_k, σ_k, x_k, D(x_k; σ_k), dσ/dr),      x̃ = x_k + Δr f_1,
     f_2 = K (σ_{k+1} − σ_k) (x̃ − D(x̃; σ_{k+1})) / σ_{k+1}
-          + μ(k+1, r_{k+1}, σ_{k+1}, x̃, D(x̃; σ_{k+1})),
+          + μ(k+1, r_{k+1}, σ_{k+1}, x̃, D(x̃; σ_{k+1}), dσ/dr),
     x_{k+1} = x_k + Δr (f_1 + f_2) / 2,
 
 i.e. the trapezoidal rule with dσ/dr of the current step in both stages, so that for μ = 0 it is
@@ -33,9 +33,10 @@ EDM's Heun step x_k + (σ_{k+1} − σ_k)(d + d')/2 exactly; the last step (to �
 in EDM. The guidance is evaluated at both stages and added to both drifts (the second stage at
 step index k + 1 ≤ K − 1, so a per-step guidance trained with K steps is used at its own steps).
 
-The guidance is any closure ``guidance_mean(k, r, sigma, x, denoised) -> μ`` (``k`` int32 0-d,
-``r`` and ``sigma`` float 0-d, ``x``/``denoised`` ``[B, ...]``): for images a conv net of
-(x, D, y, m) with its parameters and the batch's (y, m) closed over; for the linear–quadratic
+The guidance is any closure ``guidance_mean(k, r, sigma, x, denoised, ds_dr) -> μ`` (``k``
+int32 0-d; ``r``, ``sigma`` and the step's dσ/dr = K(σ_{k+1} − σ_k) float 0-d, the same at both
+Heun stages; ``x``/``denoised`` ``[B, ...]``): for images a conv net of (x, D, y, m) with its
+parameters and the batch's (y, m) closed over; for the linear–quadratic
 benchmark a per-step linear map (``aid_jax.aid.lq``). The loops are one ``lax.scan`` each, so the
 denoiser and the guidance are traced once per solver stage, not once per step.
 """
@@ -63,8 +64,12 @@ __all__ = [
     "step_clock",
 ]
 
-GuidanceMeanFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-"""``guidance_mean(k int32 0-d, r 0-d, sigma 0-d, x [B,...], denoised [B,...]) -> mu [B,...]``."""
+GuidanceMeanFn = Callable[
+    [jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array
+]
+"""``guidance_mean(k int32 0-d, r 0-d, sigma 0-d, x [B,...], denoised [B,...], ds_dr 0-d)
+-> mu [B,...]``; ``ds_dr`` = K(σ_{k+1} − σ_k), the current step's dσ/dr, so a guidance can be
+expressed in units of the denoised estimate at any step count and solver stage."""
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 """``denoise(x [B,...], sigma [B]) -> D(x; sigma)`` (as in :mod:`aid_jax.sampling`)."""
@@ -210,7 +215,7 @@ def rollout(
 
     Args:
         denoise: Frozen denoiser ``D(x [B,...], sigma [B]) -> [B,...]``.
-        guidance_mean: Policy mean ``μ(k, r, sigma, x, denoised) -> [B,...]``.
+        guidance_mean: Policy mean ``μ(k, r, sigma, x, denoised, ds_dr) -> [B,...]``.
         x_init: X_0 at ``sigmas[0]`` (e.g. σ_max·n, n ~ N(0, I)), ``[B, ...]``; used as is.
         sigmas: ``[K + 1]`` decreasing noise levels ending with 0 (``sampling.edm_sigmas(K)``).
         key: PRNG key of the policy noise.
@@ -238,11 +243,12 @@ def rollout(
 
     def step(x_k, xs):
         k, r_k, sigma, sigma_next = xs
+        ds_dr = num_steps * (sigma_next - sigma)
         denoised = jax.lax.stop_gradient(
             denoise(x_k, jnp.broadcast_to(sigma, (batch,))).astype(dtype)
         )
         mu = jax.lax.stop_gradient(
-            jnp.asarray(guidance_mean(k, r_k, sigma, x_k, denoised)).astype(dtype)
+            jnp.asarray(guidance_mean(k, r_k, sigma, x_k, denoised, ds_dr)).astype(dtype)
         )
         eps = jax.random.normal(jax.random.fold_in(key, k), noise_shape, dtype)
         if antithetic:
@@ -297,7 +303,7 @@ def controlled_sample(
 
     Args:
         denoise: Frozen denoiser.
-        guidance_mean: ``μ(k, r, sigma, x, denoised)``, or None for no guidance.
+        guidance_mean: ``μ(k, r, sigma, x, denoised, ds_dr)``, or None for no guidance.
         x_init: State at ``sigmas[0]``, ``[B, ...]``.
         sigmas: ``[K + 1]`` decreasing noise levels (ending with 0 for a full sampler).
         solver: ``'euler'`` or ``'heun'``.
@@ -319,7 +325,9 @@ def controlled_sample(
         denoised = denoise(x_k, jnp.broadcast_to(sigma_eval, (batch,))).astype(dtype)
         f = ds_dr * (x_k - denoised) / sigma_eval
         if guidance_mean is not None:
-            f = f + jnp.asarray(guidance_mean(k, r_k, sigma_eval, x_k, denoised)).astype(dtype)
+            f = f + jnp.asarray(guidance_mean(k, r_k, sigma_eval, x_k, denoised, ds_dr)).astype(
+                dtype
+            )
         return f
 
     def step(x_k, xs):

@@ -27,7 +27,7 @@ Actor, pathwise (option, not the paper's, :func:`pathwise_actor_loss`): minimise
 Σ_k mean_B V̂(r_{k+1}, X_k + Δr(b_k + μ_φ)) + ℓ(μ_φ)Δr, through the critic (and Ψ at the last
 step) only; b_k comes from the stored X_k, D_k, the denoiser is never differentiated.
 
-Closures: ``guidance_mean(k, r, sigma, x, denoised) -> μ [B, ...]`` (as in
+Closures: ``guidance_mean(k, r, sigma, x, denoised, ds_dr) -> μ [B, ...]`` (as in
 :mod:`aid_jax.aid.control`), ``value_fn(k, r, sigma, x) -> [B]`` (the critic *network*, without
 −λr), ``terminal_fn(x) -> [B]`` (Ψ with x0 closed over). Conditioning (y, m, …) and parameters are
 closed over; differentiate with respect to them by building the closure inside the loss function.
@@ -274,7 +274,8 @@ def _means(guidance_mean: GuidanceMeanFn, ro: Rollout, step_map: str) -> jax.Arr
     num_steps = ro.num_steps
     r = ro.r.astype(ro.xs.dtype)
     ks = jnp.arange(num_steps, dtype=jnp.int32)
-    args = (ks, r[:-1], ro.sigmas[:-1], ro.xs[:-1], ro.denoised)
+    ds_dr = num_steps * (ro.sigmas[1:] - ro.sigmas[:-1])
+    args = (ks, r[:-1], ro.sigmas[:-1], ro.xs[:-1], ro.denoised, ds_dr)
     mu = _over_steps(guidance_mean, args, step_map)
     if mu.shape != ro.means.shape:
         raise ValueError(f"guidance_mean must return x's shape per step, got {mu.shape[1:]}")

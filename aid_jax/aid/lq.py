@@ -763,7 +763,7 @@ def train(
         y = mask * x0
 
         def guidance(params):
-            return lambda k, r, sigma, x, den: actor_fn(params, k, x, y)
+            return lambda k, r, sigma, x, den, ds_dr: actor_fn(params, k, x, y)
 
         def value(params):
             cond = x0 if cfg.critic_x0 else y

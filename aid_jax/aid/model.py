@@ -46,7 +46,8 @@ __all__ = [
     "value_fn",
 ]
 
-OUTPUTS = ("denoiser", "drift")
+OUTPUTS = ("denoiser", "denoiser_step", "drift")
+BASES = ("none", "projection")
 
 
 class AIDError(ValueError):
@@ -70,10 +71,22 @@ class AIDConfig:
         critic_x0: Whether the critic also sees the ground truth x0 (never the deployed actor).
         output: How the network's output n becomes the drift guidance μ
             (docs/AID_DESIGN.md). ``'drift'``: μ = n, the literal form. ``'denoiser'`` (default):
-            μ = c(σ)·n with c(σ) = −(dσ/dr)/σ of the ρ-schedule (:func:`denoiser_rate`), so the
-            drift becomes the probability-flow drift with D replaced by D + n: the network
-            outputs a correction of the denoised estimate in image units, and n = m⊙(y − D)
-            (one of its inputs) is DDNM's projection.
+            μ = c(σ)·n with c(σ) = −(dσ/dr)/σ of the continuous ρ-schedule
+            (:func:`denoiser_rate`), so the probability-flow ODE's drift becomes the drift with
+            D replaced by D + n: the network outputs a correction of the denoised estimate in
+            image units, and n = m⊙(y − D) (one of its inputs) is DDNM's projection. μ is a
+            function of (σ, x) only, like the continuous-time control it approximates; a
+            discrete step realises D + n only approximately (the last of K = 10 Euler steps
+            scales n by c(σ_min)/K ≈ 2.5). ``'denoiser_step'``: the rate of the sampler's own
+            step, −K(σ_{k+1} − σ_k)/σ (:func:`step_rate`), which makes every step of every K
+            and both Heun stages exactly the step with D + n.
+        base: A fixed guidance the network's output is added to (docs/AID_DESIGN.md).
+            ``'none'`` (default): μ is the network alone, so a zero-initialised module starts at
+            the unguided sampler (AID.md §3). ``'projection'``: the denoised estimate is first
+            corrected by the measurement projection b = m⊙(y − D), i.e. μ = c(σ)·(b + n)
+            (``'drift'``: μ = c(σ)·b + n), so training starts at the deterministic
+            projection sampler (DDNM with η = 0) and the module learns what it misses. The
+            running cost charges the whole μ either way.
     """
 
     image_shape: tuple[int, int, int]
@@ -92,6 +105,7 @@ class AIDConfig:
     critic_emb_dim: int = 16
     critic_x0: bool = False
     output: str = "denoiser"
+    base: str = "none"
 
     def __post_init__(self):
         shape = tuple(int(s) for s in self.image_shape)
@@ -110,6 +124,8 @@ class AIDConfig:
             raise AIDError(f"lam and beta must be > 0, got lam={self.lam}, beta={self.beta}")
         if self.output not in OUTPUTS:
             raise AIDError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.base not in BASES:
+            raise AIDError(f"base must be one of {BASES}, got {self.base!r}")
         if self.hole_weight < 0:
             raise AIDError(f"hole_weight must be >= 0, got {self.hole_weight}")
         levels = len(self.actor_channels)
@@ -208,22 +224,37 @@ def denoiser_rate(config: AIDConfig, sigma) -> jax.Array:
     return rho * (a - b) * jnp.asarray(sigma, jnp.float32) ** (-1.0 / rho)
 
 
+def step_rate(sigma, ds_dr) -> jax.Array:
+    """−(dσ/dr)/σ of the sampler's current step: the drift (dσ/dr)(x − D)/σ + rate·n equals
+    (dσ/dr)(x − (D + n))/σ exactly, at every step count and Heun stage."""
+    return -jnp.asarray(ds_dr, jnp.float32) / jnp.asarray(sigma, jnp.float32)
+
+
 def guidance_mean_fn(actor_params, config: AIDConfig, y, mask) -> control.GuidanceMeanFn:
-    """μ_φ(k, r, σ, x, D) with (y, m) closed over; m is ``[B, H, W, 1]``.
+    """μ_φ(k, r, σ, x, D, dσ/dr) with (y, m) closed over; m is ``[B, H, W, 1]``.
 
     The network sees σ, not k or r, so the module transfers to other step counts and solvers.
-    ``config.output='denoiser'`` scales its output by :func:`denoiser_rate`.
+    ``config.output`` says how its output becomes μ (:class:`AIDConfig`).
     """
     net = actor_module(config)
 
-    def mu(k, r, sigma, x, denoised):
+    def mu(k, r, sigma, x, denoised, ds_dr):
         del k, r
         inputs = networks.actor_inputs(x, denoised, y, mask, sigma, config.sigma_data)
         sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
         out = net.apply({"params": actor_params}, inputs, sigma_b)
+        if config.output == "denoiser_step":
+            rate = step_rate(sigma, ds_dr)
+        else:
+            rate = denoiser_rate(config, sigma)
+        if config.base == "projection":
+            projection = mask * (y - denoised)
+            if config.output == "drift":
+                return rate * projection + out
+            out = projection + out
         if config.output == "drift":
             return out
-        return denoiser_rate(config, sigma) * out
+        return rate * out
 
     return mu
 

@@ -370,9 +370,10 @@ def train(config, workdir: str) -> dict:
     val_x0, val_mask = _validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
+    # The zero network: the unguided sampler (aid.base = "none") or the projection sampler.
     zero_actor = jax.tree.map(jnp.zeros_like, state["actor"])
-    _, base_mse = validate(backbone_params, zero_actor, val_x0_d, val_mask_d, val_key)
-    base_mse = float(np.mean(np.asarray(base_mse)))
+    _, init_mse = validate(backbone_params, zero_actor, val_x0_d, val_mask_d, val_key)
+    init_mse = float(np.mean(np.asarray(init_mse)))
     stop = {"flag": False}
 
     def request_stop(signum, frame):  # SIGTERM: finish the step, checkpoint, exit cleanly
@@ -420,7 +421,7 @@ def train(config, workdir: str) -> dict:
                 )
                 last_val = float(np.mean(np.asarray(mse)))
                 writer.write_scalars(
-                    step, {"val_mse_hole": last_val, "val_mse_hole_unguided": base_mse}
+                    step, {"val_mse_hole": last_val, "val_mse_hole_init": init_mse}
                 )
                 _write_grid(workdir, step, val_x0, val_mask, np.asarray(x_val), writer)
             if step % int(t.checkpoint_every) == 0:
@@ -441,7 +442,7 @@ def train(config, workdir: str) -> dict:
         "config": cfg,
         "workdir": str(workdir),
         "val_mse_hole": last_val,
-        "val_mse_hole_unguided": base_mse,
+        "val_mse_hole_init": init_mse,
         "train_step": train_step,
     }
 
