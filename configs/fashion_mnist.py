@@ -87,7 +87,8 @@ def get_config(arg=None):
     # The harness (configs/eval_fashion_mnist.py) with AID added; the evaluation reads the
     # trained module from <workdir> unless methods.aid.options.checkpoint says otherwise.
     config.methods.aid = ml_collections.ConfigDict(
-        dict(method="aid", steps=(10, 18), options=dict(checkpoint="", solver="euler"))
+        # Largest step count last: the grids show it (10 = the training K).
+        dict(method="aid", steps=(5, 10), options=dict(checkpoint="", solver="euler"))
     )
     config.methods.aid_heun = ml_collections.ConfigDict(
         dict(method="aid", steps=(10,), options=dict(checkpoint="", solver="heun"))

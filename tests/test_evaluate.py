@@ -81,6 +81,33 @@ def test_report_files(smoke_run):
         assert im.format == "PNG"
 
 
+def test_summary_tables_come_from_the_results(smoke_run, tmp_path):
+    """benchmarks/summarize_eval.py (docs/RESULTS.md's tables): every (mask, method, steps) row of
+    results.json with its mean and CI, baselines once, and runs on other images refused."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "benchmarks"))
+    import summarize_eval
+
+    _, workdir, _ = smoke_run
+    results = json.loads((workdir / "results.json").read_text())
+    table, rows = summarize_eval.summarize(dict(a=results, b=results), ["psnr_hole"])
+    planned = [r for r in results["rows"] if r["method"] not in ("ground truth", "observed")]
+    assert len(rows) == len(planned)  # the second file adds no duplicate baseline rows
+    for want, got in zip(planned, rows, strict=True):
+        m = want["metrics"]["psnr_hole"]
+        line = f"| {got['method']} | {want['steps']} | {want['nfe']}/{want['nfe_backward']} | "
+        assert line + f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}] |" in table
+    other = json.loads(json.dumps(results))
+    other["data"]["indices"] = list(reversed(other["data"]["indices"]))
+    with pytest.raises(SystemExit, match="do not share"):
+        summarize_eval.summarize(dict(a=results, b=other), ["psnr_hole"])
+    out = tmp_path / "rows.json"
+    summarize_eval.main([f"a={workdir / 'results.json'}", f"--json={out}"])
+    assert len(json.loads(out.read_text())["rows"]) == len(planned)
+
+
 def test_same_config_same_numbers(smoke_run, tmp_path):
     config, workdir, _ = smoke_run
     config = eval_fashion_mnist.get_config("smoke")
