@@ -39,8 +39,8 @@ def get_config(arg=None):
             sigma_max=80.0,
             rho=7.0,
             sigma_data=0.5,
-            lam=0.01,  # temperature λ: policy std √(2λ/β) per coordinate
-            beta=0.1,  # running cost (β/2)‖u‖²/d
+            lam=0.001,  # temperature λ: policy std √(2λ/β) = 0.45 per coordinate
+            beta=0.01,  # running cost (β/2)‖u‖²/d; 0.1 held the module back (docs/AID_DESIGN.md)
             hole_weight=1.0,  # Ψ weight of hole pixels (1: plain MSE)
             actor_channels=(8, 8, 8),
             actor_emb_dim=16,
