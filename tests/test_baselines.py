@@ -341,7 +341,14 @@ def test_costs_and_options():
         "ddrm",
         "ddnm",
         "ddnm_plus",
+        "vipaint",
     }
+    # VIPaint: per image 50 iterations × 5 samples × (K + 1) = 750 forward and backward passes,
+    # shared by the samples of an image; per sample (K − 1) + N + 1 forward and N backward.
+    assert method_cost("vipaint") == (750 + 1 + 100 + 1, 750 + 100)
+    assert method_cost("vipaint", samples_per_fit=10, num_steps=20) == (75 + 22, 75 + 20)
+    with pytest.raises(ValueError, match="kl_form"):
+        method_cost("vipaint", kl_form="slip")
     opts = method_options("dps")
     assert opts["zeta"] == 0.5 and opts["num_steps"] == 250 and opts["sigma_max"] == 80.0
     assert method_options("repaint")["jump_length"] == 10
