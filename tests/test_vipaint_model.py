@@ -174,3 +174,35 @@ def test_harness_method_shares_one_fit_per_image(world, data):
         fn(None, yr[:4], mr[:4], jax.random.key(0))
     with pytest.raises(ValueError, match="mask"):
         fn(None, yr, np.full_like(mr, 0.5), jax.random.key(0))
+
+
+def test_fitted_posterior_mean_approaches_the_exact_one():
+    """Gaussian world (6×6, top half known, four images), the exact linear denoiser: the mean
+    of D(x_1; σ_1) under the fitted q (256 draws) gets closer to the exact posterior mean on the
+    hole as the fit runs longer (VIPAINT.md §14.7, issue 6 item 5). Default settings."""
+    from aid_jax.gaussian import posterior_mean_rmse
+
+    world = GaussianWorld.squared_exponential(6, 6, length_scale=2.0, variance=0.25)
+    den = world.denoiser()
+    b = 4
+    x0 = world.sample(np.random.default_rng(0), b).reshape(b, 6, 6, 1).astype(np.float32)
+    m = np.stack([benchmark_mask("top_half", 6, 6)] * b).reshape(b, 6, 6, 1).astype(np.float32)
+    y = x0 * m
+    exact = [world.posterior(y[i], m[i])[0] for i in range(b)]
+
+    def error(params, cfg):
+        rows = model._rows(params, 256)
+        x1, *_ = model.sample_chain(den, rows, jax.random.key(9), cfg)
+        d = np.asarray(den(x1, jnp.full((x1.shape[0],), cfg.sigmas[-1]))).reshape(b, 256, 6, 6, 1)
+        return np.mean([posterior_mean_rmse(d[i], exact[i], m[i]) for i in range(b)])
+
+    errors = []
+    for iters in (25, 100, 300):
+        cfg = model.VIPaintConfig(num_iters=iters)
+        params, _ = jax.jit(lambda y_, m_, k, cfg=cfg: model.fit(den, y_, m_, k, cfg))(
+            jnp.asarray(y), jnp.asarray(m), jax.random.key(0)
+        )
+        errors.append(error(params, cfg))
+    start = error(model.init_params(jnp.asarray(y), jnp.asarray(m), jax.random.key(0), cfg), cfg)
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.85 * start, (start, errors)
