@@ -110,6 +110,18 @@ def plan(config) -> list[tuple[str, str, int]]:
                 f"config.methods.{name}.method={entry.method!r} is not an inpainting method; "
                 f"known: {', '.join(sorted(registry))}"
             )
+        if entry.method == "vipaint":
+            if "samples_per_fit" in entry.get("options", {}):
+                raise EvaluationError(
+                    f"config.methods.{name}.options.samples_per_fit is set by the harness "
+                    "(= eval.samples_per_image: one posterior per image); remove it"
+                )
+            if config.eval.batch_size % config.eval.samples_per_image:
+                raise EvaluationError(
+                    f"method 'vipaint' shares one fit among an image's samples: "
+                    f"eval.batch_size={config.eval.batch_size} must be a multiple of "
+                    f"eval.samples_per_image={config.eval.samples_per_image}"
+                )
         steps = tuple(entry.steps)
         if not steps or any(int(s) < 1 for s in steps):
             raise EvaluationError(f"config.methods.{name}.steps must be positive ints, got {steps}")
@@ -350,6 +362,8 @@ def run(config, workdir: str) -> dict:
         entry = config.methods[method_name]
         options = dict(entry.options.to_dict()) if "options" in entry else {}
         options["num_steps"] = steps
+        if entry.method == "vipaint":  # one posterior per image, shared by its k sample rows
+            options["samples_per_fit"] = k
         if (method_name, steps) not in inpainters and entry.method == "aid":
             inpainters[(method_name, steps)] = _aid_inpainter(
                 entry, steps, backbone, aid_cache, mesh

@@ -68,6 +68,9 @@ def get_config(arg=None):
             ddnm=_method("ddnm", (20, 50)),
             pigdm=_method("pigdm", (20, 50)),
             dps=_method("dps", (50,)),
+            # Not in the default list (a per-image fit): --config.eval.methods=vipaint,...
+            # Sized for the CPU: 20 iterations × 2 Monte Carlo samples (the paper: 50 × 5).
+            vipaint=_method("vipaint", (20,), num_iters=20, num_mc=2),
         )
     )
     config.metrics = ml_collections.ConfigDict(

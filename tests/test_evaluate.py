@@ -142,6 +142,37 @@ def test_config_errors_before_loading(tmp_path, field, value, match):
     assert not (tmp_path / "out").exists()
 
 
+def test_vipaint_config_errors(tmp_path):
+    config = eval_fashion_mnist.get_config("smoke")
+    config.eval.methods = "vipaint"
+    config.methods.vipaint.options.samples_per_fit = 2
+    with pytest.raises(evaluate.EvaluationError, match="set by the harness"):
+        evaluate.plan(config)
+    config = eval_fashion_mnist.get_config("smoke")
+    config.eval.update(methods="vipaint", samples_per_image=3)
+    with pytest.raises(
+        evaluate.EvaluationError,
+        match="multiple of\\s+eval.samples_per_image|multiple of eval.samples_per_image",
+    ):
+        evaluate.plan(config)
+
+
+def test_vipaint_in_the_harness(tmp_path):
+    """VIPaint through the harness on the smoke backbone: one fit per image shared by its two
+    samples (NFE counts the fit per sample), diversity reported, finite outputs."""
+    config = eval_fashion_mnist.get_config("smoke")
+    config.eval.update(methods="vipaint", masks="center_box", samples_per_image=2, num_images=4)
+    config.methods.vipaint.steps = (2,)
+    config.methods.vipaint.options.update(num_iters=2, num_mc=1)
+    results = evaluate.run(config, str(tmp_path))
+    (row,) = [r for r in results["rows"] if r["method"] == "vipaint"]
+    # fit: 2 iterations × 1 sample × (K + 1 = 3) passes per image, shared by 2 samples → 3;
+    # sampling: (K − 1) + 2 + 1 forward, 2 backward.
+    assert (row["nfe"], row["nfe_backward"]) == (3 + 4, 3 + 2)
+    assert "diversity" in row["metrics"] and row["metrics"]["diversity"]["mean"] > 0
+    assert np.isfinite(row["metrics"]["psnr_hole"]["mean"])
+
+
 def test_in_domain_metrics_on_the_shipped_backbone(tmp_path, testdata):
     """FID/KID_LeNet, class accuracy, LPIPS and diversity on real Fashion-MNIST test images with the
     shipped backbone and classifier (2 samples per image, 2 DDNM steps: a plumbing check)."""
