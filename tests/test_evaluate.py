@@ -150,10 +150,7 @@ def test_vipaint_config_errors(tmp_path):
         evaluate.plan(config)
     config = eval_fashion_mnist.get_config("smoke")
     config.eval.update(methods="vipaint", samples_per_image=3)
-    with pytest.raises(
-        evaluate.EvaluationError,
-        match="multiple of\\s+eval.samples_per_image|multiple of eval.samples_per_image",
-    ):
+    with pytest.raises(evaluate.EvaluationError, match="samples_per_image=3"):
         evaluate.plan(config)
 
 
