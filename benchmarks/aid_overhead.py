@@ -13,11 +13,8 @@ table and writes benchmarks/results/aid_overhead.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -28,7 +25,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aid_jax import backbones, masks  # noqa: E402
+from aid_jax import backbones, masks, provenance  # noqa: E402
 from aid_jax.aid import control, model, networks, train  # noqa: E402
 
 
@@ -132,14 +129,7 @@ def main(argv=None):
             f"{100 * r['overhead']:+.1f} % |"
         )
     out = dict(
-        date=datetime.date.today().isoformat(),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor(),
-            device=str(jax.devices()[0]),
-            cpu_count=os.cpu_count(),
-        ),
-        versions=dict(jax=jax.__version__, numpy=np.__version__),
+        **provenance.stamp(),
         rows=rows,
     )
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

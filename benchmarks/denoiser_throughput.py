@@ -10,10 +10,8 @@ writes JSON (machine, date, versions, images/s per batch size and dtype) to benc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -23,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from aid_jax import provenance  # noqa: E402
 from aid_jax.backbones import loader  # noqa: E402
 from configs.afhq import DDPMPP_64  # noqa: E402
 
@@ -92,15 +91,7 @@ def main(argv=None):
         benchmark="denoiser_throughput",
         network="EDMPrecond + SongUNet DDPM++ 64x64 (AFHQv2/FFHQ config), random weights",
         num_params=n_params,
-        date=datetime.date.today().isoformat(),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor() or platform.machine(),
-            device=f"{device.platform}:{device.device_kind}",
-            num_devices=jax.device_count(),
-            cpu_count=__import__("os").cpu_count(),
-        ),
-        versions=dict(jax=jax.__version__, numpy=np.__version__),
+        **provenance.stamp(),
         rows=rows,
     )
     print()

@@ -12,17 +12,14 @@ writes JSON (machine, date, classifier sha256, seeds) to benchmarks/results/fid_
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import time
 
-import jax
 import numpy as np
 import scipy.ndimage
 
+from aid_jax import provenance
 from aid_jax.data.pipeline import to_model_range
 from aid_jax.metrics import classifier as clf
 from aid_jax.metrics import fid as fid_lib
@@ -172,17 +169,9 @@ def main(argv=None):
             flush=True,
         )
 
-    device = jax.devices()[0]
     result = dict(
         benchmark="fid_floor",
-        date=datetime.date.today().isoformat(),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor() or platform.machine(),
-            device=f"{device.platform}:{device.device_kind}",
-            cpu_count=os.cpu_count(),
-        ),
-        versions=dict(jax=jax.__version__, numpy=np.__version__),
+        **provenance.stamp(),
         classifier=dict(
             path=str(args.classifier),
             params_sha256=manifest["params_sha256"],

@@ -28,19 +28,16 @@ JSON (machine, date, versions, all arguments, one row per method x NFE).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
 import pathlib
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax import baselines
+from aid_jax import baselines, provenance
 from aid_jax.gaussian import (
     BENCHMARK_MASKS,
     GaussianWorld,
@@ -141,7 +138,6 @@ def main(argv=None):
     m = jnp.asarray(np.broadcast_to(mask, (n, *mask.shape)), jnp.float32)
     known = np.broadcast_to(mask, (n, *mask.shape)) == 1
     base_key = jax.random.key(args.seed)
-    device = jax.devices()[0]
     print(
         f"Gaussian world {args.height}x{args.width}, length scale {args.length_scale:g}, variance "
         f"{args.variance:g}; mask {args.mask}: {int(hole.sum())} of {hole.size} pixels missing; "
@@ -225,15 +221,7 @@ def main(argv=None):
             "sample-mean RMSE and W2 (fitted Gaussian vs exact posterior) on the hole pixels, "
             "one observed image, exact Gaussian denoiser"
         ),
-        date=datetime.date.today().isoformat(),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor() or platform.machine(),
-            device=f"{device.platform}:{device.device_kind}",
-            num_devices=jax.device_count(),
-            cpu_count=os.cpu_count(),
-        ),
-        versions=dict(jax=jax.__version__, numpy=np.__version__),
+        **provenance.stamp(),
         args=vars(args),
         world=dict(
             image_shape=list(world.image_shape),

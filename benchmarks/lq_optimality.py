@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
-import os
 import pathlib
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from aid_jax import provenance
 from aid_jax.aid import lq
 
 DEFAULTS = lq.LQTrainConfig()
@@ -96,16 +93,6 @@ def _options(config: lq.LQTrainConfig, paper: bool) -> str:
     if c.ema:
         parts.append(f"EMA {c.ema:g}")
     return ", ".join(parts)
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def main(argv=None):
@@ -173,7 +160,6 @@ def main(argv=None):
         mask_seed=args.seed,
     )
     j0, js = problem.unguided_cost(), problem.optimal_cost()
-    device = jax.devices()[0]
     print(
         f"LQ benchmark {args.height}x{args.width}, length scale {args.length_scale:g}, variance "
         f"{args.variance:g}, mask {args.mask} ({int((problem.mask == 0).sum())} of "
@@ -227,24 +213,7 @@ def main(argv=None):
             "linear-quadratic Gaussian inpainting problem; J_AID exact (closed form), Monte-Carlo "
             "check with its standard error"
         ),
-        date=datetime.date.today().isoformat(),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor() or platform.machine(),
-            cpu_model=_cpu_model(),
-            device=f"{device.platform}:{device.device_kind}",
-            num_devices=jax.device_count(),
-            cpu_count=os.cpu_count(),
-            cpu_affinity=sorted(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else None,
-        ),
-        versions=dict(
-            python=platform.python_version(),
-            jax=jax.__version__,
-            optax=optax.__version__,
-            numpy=np.__version__,
-        ),
+        **provenance.stamp(optax=optax.__version__),
         args=vars(args),
         J_0=j0,
         J_star=js,

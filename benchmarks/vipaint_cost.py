@@ -11,11 +11,8 @@ Prints a table and writes benchmarks/results/vipaint_cost.json (machine, date, v
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -26,7 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aid_jax import backbones, masks  # noqa: E402
+from aid_jax import backbones, masks, provenance  # noqa: E402
 from aid_jax.vipaint import model  # noqa: E402
 
 
@@ -78,7 +75,6 @@ def main(argv=None):
         sample, backbone.params, post, y, mask, key, reps=args.reps
     )
     costs = model.costs(cfg)
-    device = jax.devices()[0]
     row = dict(
         images=args.images,
         samples_per_image=args.samples,
@@ -104,15 +100,7 @@ def main(argv=None):
     )
     result = dict(
         benchmark="vipaint_cost",
-        date=datetime.date.today().isoformat(),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor() or platform.machine(),
-            device=f"{device.platform}:{device.device_kind}",
-            num_devices=jax.device_count(),
-            cpu_count=os.cpu_count(),
-        ),
-        versions=dict(jax=jax.__version__, numpy=np.__version__),
+        **provenance.stamp(),
         backbone=args.backbone,
         args=vars(args),
         row=row,

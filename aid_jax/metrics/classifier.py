@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from aid_jax import checkpoint
+from aid_jax import checkpoint, provenance
 from aid_jax.data.pipeline import to_model_range
 
 MANIFEST = "manifest.json"
@@ -586,12 +585,8 @@ def main(argv=None) -> int:
             num_test=int(len(test_y)),
             preprocessing="28x28 padded to 32x32 with 0 (black), x / 127.5 - 1, NHWC float32",
         ),
-        machine=dict(
-            platform=platform.platform(),
-            device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-            cpu_count=os.cpu_count(),
-        ),
-        versions=dict(jax=jax.__version__, numpy=np.__version__),
+        machine=provenance.machine(),
+        versions=provenance.versions(),
     )
     try:
         manifest = save_classifier(out, params, meta, overwrite=args.overwrite)
