@@ -82,8 +82,8 @@ class VIPaintConfig:
     adam_b2: float = 0.99
     lr_decay: float = 0.99
     lr_decay_every: int = 10
-    beta_prior: float = 100.0
-    beta_hier: float = 100.0
+    beta_prior: float = 10.0  # the official 100 is for its slipped KL (docs/VIPAINT_DESIGN.md)
+    beta_hier: float = 10.0
     kl_form: str = "exact"
     prior_endpoint: str = "tweedie"
     prior_grid_intervals: int = 140
