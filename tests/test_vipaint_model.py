@@ -207,3 +207,28 @@ def test_fitted_posterior_mean_approaches_the_exact_one():
     start = error(model.init_params(jnp.asarray(y), jnp.asarray(m), jax.random.key(0), cfg), cfg)
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.85 * start, (start, errors)
+
+
+def test_bad_inputs_are_refused_with_a_message(world, data):
+    y, m = data
+    den = world.denoiser()
+    cfg = small()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="NHWC"):
+        model.fit(den, y[0], m, key, cfg)
+    with pytest.raises(ValueError, match="mask has shape"):
+        model.fit(den, y, m[:, :2], key, cfg)
+    with pytest.raises(ValueError, match="only 0 .hole. and 1"):
+        model.fit(den, y, m * 0.5, key, cfg)
+    bad = y.copy()
+    bad[m[..., 0] == 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(den, bad, m, key, cfg)
+    nan_hole = np.where(m == 1, y, np.nan).astype(np.float32)  # hole values are never read
+    np.testing.assert_array_equal(
+        model.fit(den, nan_hole, m, key, cfg)[0]["mu_top"],
+        model.fit(den, y, m, key, cfg)[0]["mu_top"],
+    )
+    params, _ = model.fit(den, y, m, key, cfg)
+    with pytest.raises(ValueError, match="num_samples"):
+        model.sample(den, params, y, m, key, cfg, 0)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from aid_jax import sampling
@@ -29,6 +30,7 @@ from aid_jax.vipaint import losses
 
 __all__ = [
     "VIPaintConfig",
+    "check_inputs",
     "costs",
     "fit",
     "fit_and_sample",
@@ -157,6 +159,44 @@ def costs(cfg: VIPaintConfig) -> dict[str, int]:
         sample_forward=(k - 1) + cfg.refine_steps + 1,
         sample_backward=cfg.refine_steps,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks (host side; skipped when the arrays are traced, e.g. under an outer jit)
+
+
+def check_inputs(y, mask, num_samples: int = 1) -> None:
+    """Raises ``ValueError`` saying what to fix: ``y`` must be ``[B, H, W, C]`` real with finite
+    observed values, ``mask`` ``[B, H, W, 1]`` or ``[B, H, W, C]`` of exact 0/1 (1 = known),
+    ``num_samples >= 1``. No range check: the denoiser's space may be pixels in [-1, 1] or
+    latents."""
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if any(isinstance(a, jax.core.Tracer) for a in (y, mask)):
+        return
+    y, mask = np.asarray(y), np.asarray(mask)
+    if y.ndim != 4 or not np.issubdtype(y.dtype, np.floating):
+        raise ValueError(f"y must be a float [B, H, W, C] (NHWC) array, got {y.dtype} {y.shape}")
+    b, h, w, c = y.shape
+    if mask.ndim != 4 or mask.shape[:3] != (b, h, w) or mask.shape[3] not in (1, c):
+        raise ValueError(
+            f"mask has shape {mask.shape}; expected [{b}, {h}, {w}, 1] or [{b}, {h}, {w}, {c}]"
+        )
+    if not np.isin(mask, (0.0, 1.0)).all():
+        raise ValueError("mask must contain only 0 (hole) and 1 (known); threshold it first")
+    observed = np.broadcast_to(mask, y.shape) == 1
+    if not np.isfinite(y[observed]).all():
+        raise ValueError("y has NaN or infinite values at observed pixels (mask == 1)")
+
+
+def _observed(y, mask):
+    """(y with zeros in the hole — hole values, even NaN, are never read —, mask [B, H, W, 1]).
+    A per-channel mask counts a pixel as known only where every channel is (the posterior family
+    has one mask per pixel)."""
+    y = jnp.asarray(y, jnp.float32)
+    mask = jnp.asarray(mask, jnp.float32)
+    y = jnp.where(jnp.broadcast_to(mask, y.shape) > 0.5, y, 0.0)
+    return y, jnp.min(mask, axis=-1, keepdims=True) if mask.shape[-1] > 1 else mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,8 +375,8 @@ def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig):
     Returns:
         (params, history) with ``history['loss']`` etc. ``[num_iters, B]`` (mean over samples).
     """
-    y = jnp.asarray(y, jnp.float32)
-    mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), y.shape[:3] + (1,))
+    check_inputs(y, mask)
+    y, mask = _observed(y, mask)
     k_init, k_fit = jax.random.split(key)
     params = init_params(y, mask, k_init, cfg)
     tx = _optimizer(cfg)
@@ -414,8 +454,8 @@ def sample(denoise: DenoiseFn, params: dict, y, mask, key, cfg: VIPaintConfig, n
     Returns:
         ``[B, S, H, W, C]`` raw samples (not pasted back).
     """
-    y = jnp.asarray(y, jnp.float32)
-    mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), y.shape[:3] + (1,))
+    check_inputs(y, mask, num_samples)
+    y, mask = _observed(y, mask)
     b = y.shape[0]
     rows = _rows(jax.lax.stop_gradient(params), num_samples)
     k_chain, k_ref = jax.random.split(key)
