@@ -232,3 +232,21 @@ def test_bad_inputs_are_refused_with_a_message(world, data):
     params, _ = model.fit(den, y, m, key, cfg)
     with pytest.raises(ValueError, match="num_samples"):
         model.sample(den, params, y, m, key, cfg, 0)
+
+
+def test_host_entry_point_reports_costs_and_times(world, data):
+    y, m = data
+    cfg = small()
+    den = world.denoiser()
+    res = model.inpaint(den, y, m, jax.random.key(3), cfg, num_samples=2)
+    direct, _, _ = jax.jit(lambda y_, m_, k: model.fit_and_sample(den, y_, m_, k, cfg, 2))(
+        y, m, jax.random.key(3)
+    )
+    np.testing.assert_allclose(res.x, direct, rtol=1e-5, atol=1e-5)
+    c = model.costs(cfg)
+    assert (res.fit_nfe, res.fit_nfe_backward) == (c["fit_forward"], c["fit_backward"])
+    assert res.nfe == c["fit_forward"] // 2 + c["sample_forward"]
+    assert res.nfe_backward == c["fit_backward"] // 2 + c["sample_backward"]
+    assert res.fit_seconds > 0 and res.sample_seconds > 0 and res.history["loss"].shape == (3, 2)
+    with pytest.raises(ValueError, match="mask"):
+        model.inpaint(den, y, m * 0.5, jax.random.key(3), cfg)
