@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aid_jax import sampling
+from aid_jax.vipaint import model as vipaint_model
 
 __all__ = [
     "InpaintResult",
@@ -751,9 +752,10 @@ def ddnm_plus(
 # ---------------------------------------------------------------------------------------------
 
 
-def _vipaint_config(num_steps, samples_per_fit, **fields):
-    from aid_jax.vipaint import model as vipaint_model
+_VIPAINT = vipaint_model.VIPaintConfig()  # the method's defaults are the config's
 
+
+def _vipaint_config(num_steps, samples_per_fit, **fields):
     _check_int("samples_per_fit", samples_per_fit)
     fields = dict(fields)
     fields["sigmas"] = tuple(fields["sigmas"])
@@ -761,8 +763,6 @@ def _vipaint_config(num_steps, samples_per_fit, **fields):
 
 
 def _vipaint_costs(cfg, samples_per_fit: int) -> tuple[int, int]:
-    from aid_jax.vipaint import model as vipaint_model
-
     c = vipaint_model.costs(cfg)
     # Per sample: the fit is shared by the samples_per_fit samples of an image.
     fwd = math.ceil(c["fit_forward"] / samples_per_fit) + c["sample_forward"]
@@ -780,21 +780,21 @@ def vipaint(
     mask: jax.Array,
     key: jax.Array,
     *,
-    num_steps: int = 100,
+    num_steps: int = _VIPAINT.refine_steps,
     samples_per_fit: int = 1,
-    sigmas: tuple = (1.6, 0.85),
-    eta_keypoints: float = math.sqrt(0.2),
-    num_iters: int = 50,
-    num_mc: int = 5,
-    beta_prior: float = 10.0,
-    beta_hier: float = 10.0,
-    kl_form: str = "exact",
-    prior_endpoint: str = "tweedie",
-    refine_eta: float = 0.2,
-    refine_noise: bool = True,
-    refine_zeta: float = 0.4,
-    rec_l1_weight: float = 100.0,
-    rec_normalise: str = "all",
+    sigmas: tuple = _VIPAINT.sigmas,
+    eta_keypoints: float = _VIPAINT.eta_keypoints,
+    num_iters: int = _VIPAINT.num_iters,
+    num_mc: int = _VIPAINT.num_mc,
+    beta_prior: float = _VIPAINT.beta_prior,
+    beta_hier: float = _VIPAINT.beta_hier,
+    kl_form: str = _VIPAINT.kl_form,
+    prior_endpoint: str = _VIPAINT.prior_endpoint,
+    refine_eta: float = _VIPAINT.refine_eta,
+    refine_noise: bool = _VIPAINT.refine_noise,
+    refine_zeta: float = _VIPAINT.refine_zeta,
+    rec_l1_weight: float = _VIPAINT.rec_l1_weight,
+    rec_normalise: str = _VIPAINT.rec_normalise,
 ) -> InpaintResult:
     """VIPaint (aid_jax.vipaint; VIPAINT.md §3–§6): fit one hierarchical posterior per image,
     then refine ``num_steps`` gradient-guided steps per sample.
@@ -804,8 +804,6 @@ def vipaint(
     per group from its first row and the k samples drawn from it. NFE per sample counts the
     shared fit divided by k. Other fields of ``VIPaintConfig`` keep their defaults.
     """
-    from aid_jax.vipaint import model as vipaint_model
-
     cfg = _vipaint_config(
         num_steps,
         samples_per_fit,

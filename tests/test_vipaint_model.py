@@ -250,3 +250,8 @@ def test_host_entry_point_reports_costs_and_times(world, data):
     assert res.fit_seconds > 0 and res.sample_seconds > 0 and res.history["loss"].shape == (3, 2)
     with pytest.raises(ValueError, match="mask"):
         model.inpaint(den, y, m * 0.5, jax.random.key(3), cfg)
+
+
+def test_unwired_lpips_term_is_refused():
+    with pytest.raises(ValueError, match="rec_lpips_weight"):
+        model.VIPaintConfig(rec_lpips_weight=1.0)

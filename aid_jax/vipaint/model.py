@@ -142,6 +142,13 @@ class VIPaintConfig:
             )
         if self.init_fill not in INIT_FILLS:
             raise ValueError(f"init_fill must be one of {INIT_FILLS}, got {self.init_fill!r}")
+        if self.rec_lpips_weight:
+            # The loss term exists (losses.reconstruction_loss with lpips_fn); the fit does not
+            # pass an LPIPS network yet (VIPAINT.md §8.3: 0 below 64 px, the embedded default).
+            raise ValueError(
+                "rec_lpips_weight > 0 is not supported yet (no LPIPS network is wired into the "
+                "fit and the refinement); use 0"
+            )
         if not 0 <= self.refine_eta <= 1:
             raise ValueError(f"refine_eta must be in [0, 1], got {self.refine_eta}")
 
