@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from aid_jax import checkpoint, images, losses, sampling, sharding
 from aid_jax.backbones import edm, loader
 from aid_jax.data import pipeline, sources
-from aid_jax.writers import MetricWriter
+from aid_jax.writers import MetricWriter, write_parameter_overview
 
 # Config groups that define the run: resuming with different values is an error.
 RUN_DEFINING = ("seed", "model", "data", "optim", "loss", "train.batch_size")
@@ -177,6 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         step0, state, meta = restored
         print(f"resumed from step {step0} in {workdir}")
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+    write_parameter_overview(workdir, denoiser=state["params"])
 
     # ------------------------------------------------------------------ loop
     writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)

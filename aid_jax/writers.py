@@ -1,5 +1,6 @@
 """Metric writers: JSON lines always (CI-friendly, greppable), TensorBoard when tensorboardX is
-installed (no TensorFlow needed). clu's writers import TensorFlow, so they are not used."""
+installed (no TensorFlow needed). clu's writers import TensorFlow, so they are not used; its
+TensorFlow-free `parameter_overview` writes the trainers' parameter tables."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import pathlib
 
 import numpy as np
+from clu import parameter_overview
 
 
 class MetricWriter:
@@ -52,3 +54,15 @@ class MetricWriter:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def write_parameter_overview(workdir: str | pathlib.Path, **trees) -> pathlib.Path:
+    """`<workdir>/parameters.txt`: one clu table (name, shape, dtype, size, mean, std) per named
+    parameter tree, e.g. ``actor=..., critic=...``; returns the path."""
+    parts = []
+    for name, tree in trees.items():
+        table = parameter_overview.get_parameter_overview(tree, include_stats=True)
+        parts.append(f"## {name}\n{table}\n")
+    path = pathlib.Path(workdir) / "parameters.txt"
+    path.write_text("\n".join(parts))
+    return path

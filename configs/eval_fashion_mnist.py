@@ -27,8 +27,9 @@ def get_config(arg=None):
     config.seed = 0
     config.workdir = "runs/eval"
     config.backbone = ml_collections.ConfigDict({"path": "ported_weights/fashion_mnist_32"})
+    # The test split ships with the package (byte-identical to Debian's dataset-fashion-mnist).
     config.data = ml_collections.ConfigDict(
-        dict(name="fashion_mnist", split="test", path="", pad_to=32)
+        dict(name="fashion_mnist_bundled", split="test", path="", pad_to=32)
     )
     config.eval = ml_collections.ConfigDict(
         dict(
@@ -43,6 +44,10 @@ def get_config(arg=None):
             png_upscale=3,
             bootstrap=1000,
             save_outputs=False,  # True: every raw output to <workdir>/outputs/*.npz
+            # Class labels for a class-conditional backbone (label_dim > 0): None = auto (on when
+            # the data has labels), True = on, False = the backbone's zero class vector.
+            # An unconditional backbone (as here) never gets labels.
+            use_labels=ml_collections.FieldReference(None, field_type=bool),
         )
     )
     # Mask entries (aid_jax.masks; docs/MASKS.md). The name is what results are keyed by.

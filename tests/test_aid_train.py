@@ -57,6 +57,10 @@ def test_resume_gives_the_uninterrupted_run(full_run, tmp_path):
 
 def test_training_moves_the_actor_and_logs_metrics(full_run):
     workdir = pathlib.Path(full_run["workdir"])
+    # clu's parameter table: every actor parameter counted once.
+    table = (workdir / "parameters.txt").read_text()
+    actor_total = sum(int(np.size(a)) for a in jax.tree.leaves(full_run["state"]["actor"]))
+    assert table.startswith("## actor") and f"Total: {actor_total:,}" in table
     lines = [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in lines if "critic_loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4]
@@ -173,6 +177,41 @@ def test_load_refuses_bad_folders_and_another_backbone(full_run, tmp_path):
     )
     with pytest.raises(model.AIDError, match="params_sha256"):
         api.load(full_run["workdir"], backbone=other)
+
+
+def test_load_from_any_working_directory(full_run, tmp_path, monkeypatch):
+    """A module trained with a backbone path relative to the working directory loads from
+    anywhere, also after the whole project folder moved; when the backbone is gone, the error
+    names backbone=."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(full_run["workdir"], project / "runs" / "aid")
+    shutil.copyfile(ROOT / "tests/testdata/edm_ddpmpp_tiny.pkl", project / "bb.pkl")
+    module = project / "runs" / "aid"
+    manifest = json.loads((module / api.STATE_FILE).read_text())
+    monkeypatch.chdir(project)  # trained as `--config.backbone.path=bb.pkl` from the project
+    manifest["backbone"] = api.backbone_record(
+        {"path": "bb.pkl"}, manifest["backbone"]["params_sha256"], pathlib.Path("runs/aid")
+    )
+    (module / api.STATE_FILE).write_text(json.dumps(manifest))
+    assert manifest["backbone"]["path_rel"] == os.path.join("..", "..", "bb.pkl")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    want = aid_jax.load(full_run["workdir"]).actor
+    assert _leaves_equal(aid_jax.load(module).actor, want)
+    moved = tmp_path / "moved"
+    project.rename(moved)  # the absolute path is stale now; the module-relative one is not
+    assert _leaves_equal(aid_jax.load(moved / "runs" / "aid").actor, want)
+    out = train.export(moved / "runs" / "aid", str(tmp_path / "exports" / "m"))
+    assert _leaves_equal(aid_jax.load(out).actor, want)  # re-anchored at the export
+    (moved / "bb.pkl").unlink()
+    with pytest.raises(model.AIDError, match="backbone="):
+        aid_jax.load(moved / "runs" / "aid")
+    # The embedded default's recorded path resolves against the project root from anywhere.
+    found = api.find_recorded_backbone({"path": "ported_weights/fashion_mnist_32"}, elsewhere)
+    assert found is not None and found.resolve() == (ROOT / "ported_weights/fashion_mnist_32")
 
 
 def test_main_job_smoke_writes_the_report(tmp_path):

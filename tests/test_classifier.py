@@ -235,10 +235,7 @@ def test_shipped_classifier_manifest():
 
 
 def test_shipped_classifier_on_real_test_images():
-    try:
-        images, labels = idx.fashion_mnist_arrays("test")
-    except idx.DataError as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    images, labels = idx.bundled_fashion_mnist_arrays("test")  # ships with the package
     from aid_jax.data.sources import pad_images
 
     x = to_model_range(pad_images(images[:200, :, :, None], 32))

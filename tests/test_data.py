@@ -1,8 +1,9 @@
 """Data sources and the batch pipeline: shapes, validation errors, determinism, resume, sharding.
 
 Needs no installed dataset: digits (scikit-learn), synthetic data and small files written to
-tmp_path. The Fashion-MNIST test skips when the Debian package is absent; TFDS runs on mocked or
-locally prepared tiny data and never downloads.
+tmp_path, and the Fashion-MNIST subset that ships with the package (only the check that it equals
+the Debian package's files skips when that package is absent); TFDS runs on mocked or locally
+prepared tiny data and never downloads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from aid_jax.data import idx, pipeline, sources
 from aid_jax.data.idx import DataError
 from aid_jax.data.pipeline import BatchIterator, batch_at, eval_batches, eval_indices
 from aid_jax.data.sources import make_source
+
+ROOT = pathlib.Path(__file__).parent.parent
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -112,16 +115,80 @@ def test_synthetic_and_unknown_name():
         make_source({"name": "cifar10"})
 
 
-def test_fashion_mnist_real_files():
+def test_fashion_mnist_bundled_never_skips():
+    """The subset that ships with the package: the whole test split, the first 10k train images,
+    checked against the bundle's sha256 manifest."""
+    src = make_source({"name": "fashion_mnist_bundled", "split": "test"})
+    _, _ = _check_source(src, 10000, (32, 32, 1), 10)
+    assert src.name == "fashion_mnist_bundled/test"
+    np.testing.assert_array_equal(np.bincount(src.labels), np.full(10, 1000))
+    assert (src.images[:, :2] == 0).all()  # 28 -> 32 padding with the black background
+    train = make_source({"name": "fashion_mnist_bundled", "split": "train", "pad_to": 0})
+    _check_source(train, 10000, (28, 28, 1), 10)
+    assert np.bincount(train.labels).min() >= 900  # every class well represented
+    with pytest.raises(ValueError, match="takes no path"):
+        make_source({"name": "fashion_mnist_bundled", "path": "/somewhere"})
+
+
+def test_fashion_mnist_folder_route(tmp_path):
+    """The Debian route (`fashion_mnist` + a folder of IDX files) reads the same images."""
+    import shutil
+
+    for f in idx.BUNDLED_FASHION_MNIST_DIR.glob("t10k-*.gz"):
+        shutil.copyfile(f, tmp_path / f.name)
+    src = make_source({"name": "fashion_mnist", "split": "test", "path": str(tmp_path)})
+    assert src.name == "fashion_mnist/test"
+    bundled = make_source({"name": "fashion_mnist_bundled", "split": "test"})
+    np.testing.assert_array_equal(src.images, bundled.images)
+    np.testing.assert_array_equal(src.labels, bundled.labels)
+
+
+def test_fashion_mnist_bundle_equals_debian_files():
     if not pathlib.Path(idx.DEFAULT_FASHION_MNIST_DIR).is_dir():
         pytest.skip(
             f"{idx.DEFAULT_FASHION_MNIST_DIR} absent (apt-get install dataset-fashion-mnist)"
         )
-    src = make_source({"name": "fashion_mnist", "split": "test"})
-    _, _ = _check_source(src, 10000, (32, 32, 1), 10)
-    assert src.name == "fashion_mnist/test"
-    np.testing.assert_array_equal(np.bincount(src.labels), np.full(10, 1000))
-    assert (src.images[:, :2] == 0).all()  # 28 -> 32 padding with the black background
+    for split, n in (("test", 10000), ("train", 10000)):
+        full = make_source({"name": "fashion_mnist", "split": split})
+        bundled = make_source({"name": "fashion_mnist_bundled", "split": split})
+        np.testing.assert_array_equal(bundled.images, full.images[:n])
+        np.testing.assert_array_equal(bundled.labels, full.labels[:n])
+
+
+def test_fashion_mnist_bundle_damage_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    damaged = tmp_path / "fashion_mnist"
+    shutil.copytree(idx.BUNDLED_FASHION_MNIST_DIR, damaged)
+    raw = bytearray((damaged / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    raw[-9] ^= 1
+    (damaged / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(raw))
+    monkeypatch.setattr(idx, "BUNDLED_FASHION_MNIST_DIR", damaged)
+    with pytest.raises(DataError, match="sha256"):
+        make_source({"name": "fashion_mnist_bundled", "split": "test"})
+
+
+def test_main_job_data_without_the_debian_package(tmp_path, monkeypatch):
+    """README's first command on a machine where only pip worked: every data source the main
+    job opens (training images, validation and evaluation images, the FID reference set) comes
+    from the package."""
+    monkeypatch.setattr(idx, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "no-debian-package"))
+    sys.path.insert(0, str(ROOT))
+    from configs import fashion_mnist  # noqa: I001 (configs/ is on sys.path only now)
+
+    from aid_jax.aid import train as aid_train
+
+    config = fashion_mnist.get_config(None)
+    evaluation = aid_train.evaluation_config(config, workdir=str(tmp_path))
+    opened = [config.data, config.eval_data, evaluation.data]
+    opened.append(evaluation.metrics.reference_data or evaluation.data)
+    for data in opened:
+        src = make_source(data)
+        assert src.name.startswith("fashion_mnist_bundled/") and len(src) == 10000
+    # The Debian route still says how to install it, and names the bundled alternative.
+    with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist") as e:
+        make_source({"name": "fashion_mnist", "split": "test"})
+    assert "fashion_mnist_bundled" in str(e.value)
 
 
 def test_fashion_mnist_missing_folder(tmp_path):

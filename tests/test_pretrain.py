@@ -122,6 +122,8 @@ def test_export_loads_as_backbone(tmp_path):
     backbone = load_backbone(out)
     assert backbone.manifest["training"]["steps"] == 2
     assert _leaves_equal(backbone.params, result["state"]["ema"])
+    table = (tmp_path / "run" / "parameters.txt").read_text()  # clu's parameter table
+    assert f"Total: {backbone.manifest['num_params']:,}" in table
     d = backbone.denoise(np.zeros((2, 8, 8, 1), np.float32), jnp.ones(2))
     assert d.shape == (2, 8, 8, 1) and bool(jnp.isfinite(d).all())
 

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -473,3 +474,35 @@ def test_trajectory():
     np.testing.assert_array_equal(np.asarray(res.trajectory[0]), np.asarray(latents * 80.0))
     np.testing.assert_array_equal(np.asarray(res.trajectory[-1]), np.asarray(res.x))
     assert sample(_toy_denoiser, latents, config=cfg).trajectory is None
+
+
+# ---------------------------------------------------------------------------------------------
+# chex: the same numbers with and without jit; one trace for repeated calls
+# ---------------------------------------------------------------------------------------------
+
+
+class JitVariantsTest(chex.TestCase):
+    """`sample` is pure: jitted and eager runs agree (chex variants), and a jitted wrapper is
+    traced once for repeated calls of the same shapes (chex.assert_max_traces)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_heun_sampler_same_with_and_without_jit(self):
+        config = SamplerConfig(solver="heun", num_steps=4)
+        run = self.variant(lambda z: sample(_toy_denoiser, z, config=config).x)
+        out = run(_latents(3))
+        ref = jax.jit(lambda z: sample(_toy_denoiser, z, config=config).x)(_latents(3))
+        chex.assert_shape(out, SHAPE)
+        chex.assert_tree_all_finite(out)
+        chex.assert_trees_all_close(out, ref, rtol=1e-5, atol=1e-6)
+
+    def test_repeated_calls_trace_once(self):
+        chex.clear_trace_counter()
+        config = SamplerConfig(solver="euler", num_steps=3)
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def run(z):
+            return sample(_toy_denoiser, z, config=config).x
+
+        for seed in range(3):  # a retrace would raise AssertionError
+            run(_latents(seed))

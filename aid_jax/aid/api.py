@@ -10,6 +10,7 @@ trained against one frozen backbone and is meaningless on another.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
@@ -22,6 +23,47 @@ from aid_jax.aid import model
 __all__ = ["load", "load_actor"]
 
 STATE_FILE = "aid_config.json"
+# The checkout (or installed tree) holding aid_jax/ and ported_weights/: recorded backbone paths
+# such as "ported_weights/fashion_mnist_32" resolve against it from any working directory.
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def backbone_record(backbone_config: dict, sha: str, directory: pathlib.Path) -> dict:
+    """What a saved module records about its backbone: the config entry as given, the path also
+    absolute and relative to the module's own folder, and the backbone's ``params_sha256``."""
+    record = dict(backbone_config, params_sha256=sha)
+    if record.get("path"):
+        record = anchor_backbone_path(record, pathlib.Path(record["path"]), directory)
+    return record
+
+
+def anchor_backbone_path(record: dict, found: pathlib.Path, directory: pathlib.Path) -> dict:
+    """``record`` with ``path_abs`` / ``path_rel`` (relative to ``directory``) set from ``found``;
+    the path as first given stays in ``path``."""
+    path = pathlib.Path(found).expanduser().absolute()
+    rel = os.path.relpath(path, pathlib.Path(directory).absolute())
+    return dict(record, path_abs=str(path), path_rel=rel)
+
+
+def find_recorded_backbone(record: dict, directory: pathlib.Path) -> pathlib.Path | None:
+    """The first existing candidate for a recorded backbone path (relative to the module's folder,
+    absolute, relative to the working directory, relative to the project root), or None."""
+    for candidate in _backbone_candidates(record, directory):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _backbone_candidates(record: dict, directory: pathlib.Path) -> list[pathlib.Path]:
+    out = []
+    if record.get("path_rel"):
+        out.append(pathlib.Path(directory) / record["path_rel"])
+    if record.get("path_abs"):
+        out.append(pathlib.Path(record["path_abs"]))
+    if record.get("path"):
+        path = pathlib.Path(record["path"]).expanduser()
+        out += [path] if path.is_absolute() else [path, PROJECT_ROOT / path]
+    return out
 
 
 def _manifest(path: pathlib.Path) -> dict:
@@ -91,7 +133,22 @@ def load(path, *, backbone=None) -> model.AIDParams:
     recorded = manifest.get("backbone", {})
     if backbone is None:
         if not (recorded.get("path") or recorded.get("random")):
-            raise model.AIDError(f"{path}: no backbone recorded; pass backbone=")
+            raise model.AIDError(
+                f"{path}: no backbone recorded; pass backbone= (a ported folder, an NVIDIA pickle "
+                "or a Backbone) to aid_jax.load"
+            )
+        if recorded.get("path"):
+            found = find_recorded_backbone(recorded, pathlib.Path(path))
+            if found is None:
+                tried = ", ".join(
+                    str(c) for c in _backbone_candidates(recorded, pathlib.Path(path))
+                )
+                raise model.AIDError(
+                    f"{path}: the backbone this module was trained with ({recorded['path']}) was "
+                    f"not found (tried {tried}); pass backbone= to aid_jax.load (a ported folder, "
+                    "an NVIDIA pickle or a Backbone with the same params_sha256)"
+                )
+            recorded = dict(recorded, path=str(found))
         backbone = backbones.backbone_from_config(recorded)
     elif not isinstance(backbone, backbones.Backbone):
         backbone = backbones.load_backbone(backbone)
@@ -100,7 +157,8 @@ def load(path, *, backbone=None) -> model.AIDParams:
     if want and sha != want:
         raise model.AIDError(
             f"this guidance module was trained against backbone params_sha256 {want[:12]}… "
-            f"({recorded.get('path')}), but the given backbone has {sha[:12]}…: load that backbone"
+            f"({recorded.get('path')}), but the given backbone has {sha[:12]}…: pass that "
+            "backbone as aid_jax.load(..., backbone=)"
         )
     params = model.AIDParams(
         backbone=backbone.params,

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from aid_jax import backbones, checkpoint, images, masks, report, sharding
 from aid_jax.aid import api, control, losses, model
 from aid_jax.data import pipeline, sources
-from aid_jax.writers import MetricWriter
+from aid_jax.writers import MetricWriter, write_parameter_overview
 
 # Config groups that define the run: resuming with different values is an error.
 RUN_DEFINING = (
@@ -364,6 +364,7 @@ def train(config, workdir: str) -> dict:
         print(f"resumed AID training from step {step0} in {workdir}")
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
     write_run_manifest(workdir, cfg, config, sha)
+    write_parameter_overview(workdir, actor=state["actor"], critic=state["critic"])
 
     # ------------------------------------------------------------------ loop
     writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
@@ -485,7 +486,7 @@ def write_run_manifest(directory: pathlib.Path, cfg: model.AIDConfig, config, sh
         format="aid_jax-guidance",
         format_version=1,
         aid_config=cfg.to_dict(),
-        backbone=dict(config.backbone.to_dict(), params_sha256=sha),
+        backbone=api.backbone_record(config.backbone.to_dict(), sha, directory),
         date=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     (directory / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -500,6 +501,10 @@ def export(workdir: str, out: str) -> pathlib.Path:
         raise FileExistsError(f"{out} exists; choose a new folder")
     out.mkdir(parents=True)
     checkpoint.save_pytree(out / "actor", params)
+    # Re-anchor the backbone's relative path at the export (found from the workdir first).
+    found = api.find_recorded_backbone(manifest.get("backbone", {}), pathlib.Path(workdir))
+    if found is not None:
+        manifest["backbone"] = api.anchor_backbone_path(manifest["backbone"], found, out)
     (out / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 

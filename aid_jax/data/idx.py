@@ -7,6 +7,8 @@ int32 per dimension, then raw uint8 data. Files may be gzip-compressed (Debian's
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import pathlib
 
@@ -14,10 +16,14 @@ import numpy as np
 
 # Where Debian's `dataset-fashion-mnist` package installs the files.
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# The subset that ships inside the package (installed by pip): the full 10k test split and the
+# first 10k training images, with their sha256 in manifest.json. README's main job uses it.
+BUNDLED_FASHION_MNIST_DIR = pathlib.Path(__file__).with_name("fashion_mnist")
 INSTALL_HINT = (
     "Install Fashion-MNIST with `apt-get update && apt-get install -y dataset-fashion-mnist` "
     f"(files go to {DEFAULT_FASHION_MNIST_DIR}), or point the config at a folder holding "
-    "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."
+    "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; without root, use the subset that ships "
+    "with aid_jax: data.name='fashion_mnist_bundled' (10k train, the full 10k test split)."
 )
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -94,3 +100,29 @@ def fashion_mnist_arrays(
     if labels.max(initial=0) > 9:
         raise DataError(f"{directory}: labels outside 0..9 in the {split} split")
     return images, labels.astype(np.int32)
+
+
+def bundled_fashion_mnist_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The Fashion-MNIST subset shipped in the package, checked against its manifest's sha256.
+
+    'train': the first 10,000 images of the official train split; 'test': the whole official
+    test split (byte-identical to Debian's files). Same layout as :func:`fashion_mnist_arrays`.
+    """
+    directory = BUNDLED_FASHION_MNIST_DIR
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(
+            f"{directory}: the bundled Fashion-MNIST manifest is missing or unreadable ({e}); "
+            "reinstall aid_jax (`pip install -e .` from a full clone)"
+        ) from e
+    prefix = "train" if split == "train" else "t10k"
+    for stem in (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"):
+        path = directory / stem
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if digest != manifest["sha256"].get(stem):
+            raise DataError(
+                f"{path}: sha256 {digest[:12]}… does not match the bundle's manifest; the "
+                "installation is damaged (reinstall aid_jax)"
+            )
+    return fashion_mnist_arrays(split, directory)

@@ -2,15 +2,16 @@
 
 `make_source(data_config)` picks the backend by `data_config.name`:
 
-| name            | what                                         | loads                         |
-|-----------------|----------------------------------------------|-------------------------------|
-| `fashion_mnist` | Fashion-MNIST IDX files (Debian package)     | in memory                     |
-| `digits`        | scikit-learn's 8x8 digits (1,797 images)     | in memory                     |
-| `folder`        | a folder of png/jpg/jpeg/bmp/webp, recursive | lazily (decode in `get`)      |
-| `edm_zip`       | a zip written by EDM's `dataset_tool.py`     | lazily (decode in `get`)      |
-| `tfds`          | a TFDS dataset prepared locally (ArrayRecord)| lazily (TFDS random access)   |
-| `npz`           | an `.npz` with `images` (+ `labels`)         | in memory                     |
-| `synthetic`     | random blobs, for tests                      | in memory                     |
+| name | what | loads |
+|---|---|---|
+| `fashion_mnist` | Fashion-MNIST IDX files (Debian package) | in memory |
+| `fashion_mnist_bundled` | the subset in the package (10k train, 10k test) | in memory |
+| `digits` | scikit-learn's 8x8 digits (1,797 images) | in memory |
+| `folder` | a folder of png/jpg/jpeg/bmp/webp, recursive | lazily (decode in `get`) |
+| `edm_zip` | a zip written by EDM's `dataset_tool.py` | lazily (decode in `get`) |
+| `tfds` | a TFDS dataset prepared locally (ArrayRecord) | lazily (TFDS random access) |
+| `npz` | an `.npz` with `images` (+ `labels`) | in memory |
+| `synthetic` | random blobs, for tests | in memory |
 
 Every source has `__len__`, `get(indices) -> (images uint8 [B, H, W, C], labels int32 [B])`,
 `image_shape` (H, W, C), `num_classes` (0 when unlabelled; labels are then -1) and `name` (a short,
@@ -50,9 +51,21 @@ import numpy as np
 from aid_jax.data import idx
 from aid_jax.data.idx import DataError
 
-SOURCES = ("fashion_mnist", "digits", "folder", "edm_zip", "tfds", "npz", "synthetic")
+SOURCES = (
+    "fashion_mnist",
+    "fashion_mnist_bundled",
+    "digits",
+    "folder",
+    "edm_zip",
+    "tfds",
+    "npz",
+    "synthetic",
+)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-SKLEARN_HINT = "scikit-learn is not installed: `pip install scikit-learn==1.9.1`"
+SKLEARN_HINT = (
+    "scikit-learn is not installed: `pip install 'aid_jax[data]'` (or scikit-learn==1.9.1)"
+)
+TFDS_HINT = "tensorflow-datasets is not installed: `pip install 'aid_jax[data]'`"
 DATASET_TOOL_HINT = (
     "Create it with EDM's dataset_tool.py, e.g. `python dataset_tool.py "
     "--source=downloads/afhqv2 --dest=datasets/afhqv2-64x64.zip --resolution=64x64` "
@@ -134,12 +147,22 @@ def pad_images(images: np.ndarray, size: int, value: int = 0) -> np.ndarray:
     return out
 
 
-def fashion_mnist(split="train", directory=None, pad_to: int | None = 32) -> ArraySource:
-    images, labels = idx.fashion_mnist_arrays(split, directory)
+def fashion_mnist(
+    split="train", directory=None, pad_to: int | None = 32, *, bundled: bool = False
+) -> ArraySource:
+    """Fashion-MNIST from `directory` (default: Debian's folder) or, with `bundled`, the subset
+    that ships inside the package (no root or apt needed; see idx.bundled_fashion_mnist_arrays)."""
+    if bundled:
+        if directory:
+            raise ValueError("data.name='fashion_mnist_bundled' takes no path; drop data.path")
+        images, labels = idx.bundled_fashion_mnist_arrays(split)
+    else:
+        images, labels = idx.fashion_mnist_arrays(split, directory)
     images = images[..., None]
     if pad_to:
         images = pad_images(images, pad_to)  # background is 0 (black), so pad with 0
-    return ArraySource(images, labels, 10, f"fashion_mnist/{split}")
+    name = "fashion_mnist_bundled" if bundled else "fashion_mnist"
+    return ArraySource(images, labels, 10, f"{name}/{split}")
 
 
 DIGITS_TRAIN = 1500  # digits has no official split: the first 1,500 train, the last 297 test
@@ -697,7 +720,10 @@ class TfdsSource:
     ):
         data_dir = pathlib.Path(data_dir) if data_dir else default_tfds_data_dir()
         check_tfds_prepared(tfds_name, data_dir)
-        import tensorflow_datasets as tfds
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError as e:
+            raise DataError(TFDS_HINT) from e
 
         try:
             self._ds = tfds.data_source(
@@ -793,9 +819,12 @@ def make_source(data_config) -> Source:
         resize_filter=cfg.get("resize_filter", "lanczos"),
         cache=bool(cfg.get("cache", False)),
     )
-    if name == "fashion_mnist":
+    if name in ("fashion_mnist", "fashion_mnist_bundled"):
         return fashion_mnist(
-            cfg.get("split", "train"), cfg.get("path") or None, cfg.get("pad_to", 32)
+            cfg.get("split", "train"),
+            cfg.get("path") or None,
+            cfg.get("pad_to", 32),
+            bundled=name == "fashion_mnist_bundled",
         )
     if name == "digits":
         return digits(cfg.get("split", "train"), cfg.get("pad_to"), cfg.get("upscale", 1))
