@@ -8,12 +8,21 @@ from aid_jax.backbones import Backbone, BackboneError, load_backbone
 
 __version__ = "0.1.0"
 
-__all__ = ["AIDParams", "Backbone", "BackboneError", "inpaint", "load", "load_backbone"]
+__all__ = [
+    "AIDParams",
+    "Backbone",
+    "BackboneError",
+    "inpaint",
+    "inpaint_images",
+    "load",
+    "load_backbone",
+]
 
 _LAZY = {  # AID pulls in Flax; import it on first use only
     "inpaint": ("aid_jax.aid.model", "inpaint"),
     "AIDParams": ("aid_jax.aid.model", "AIDParams"),
     "load": ("aid_jax.aid.api", "load"),
+    "inpaint_images": ("aid_jax.inpaint_images", "inpaint_images"),
 }
 
 

@@ -2,7 +2,7 @@
 
 Every method is a pure function
 
-    method(denoise, y, mask, key, *, <options>) -> InpaintResult
+    method(denoise, y, mask, key, labels=None, *, <options>) -> InpaintResult
 
 with ``denoise(x [B,H,W,C], sigma [B]) -> [B,H,W,C]`` any EDM denoiser D(x; sigma), ``y`` the
 observed images in [-1, 1] (values in the hole are ignored: only the pixels with ``mask == 1``
@@ -33,9 +33,16 @@ Methods (``METHODS``):
 * ``ddnm`` (§11.6) — x̂0' = m ⊙ y + (1 - m) ⊙ x̂0, x' = x̂0' + σ'(η n + sqrt(1 - η²) ε̂).
 * ``ddnm_plus`` (§11.6) — DDNM with σ_y-aware per-pixel scaling and time travel.
 
-``make_inpainter(method, denoise_with_params, **options)`` builds the jitted
-``fn(params, y, mask, key)`` used by the evaluation harness; it validates its inputs on the host
-(:func:`validate_inputs`) before anything is traced.
+Class labels (class-conditional backbones): every method takes ``labels`` float32
+``[B, label_dim]`` after ``key``; with labels it calls ``denoise(x, sigma, labels_rows)`` (the
+rows of the denoiser batch: the batch's own labels, or for VIPaint each image's labels repeated to
+its fit / sample rows) instead of ``denoise(x, sigma)``. ``labels=None`` (the default) leaves
+every method exactly as without labels.
+
+``make_inpainter(method, denoise_with_params, label_dim=0, **options)`` builds the jitted
+``fn(params, y, mask, key, labels=None)`` used by the evaluation harness; it validates its
+inputs on the host (:func:`validate_inputs`, ``backbones.prepare_labels``: class ids or one-hot
+rows, required exactly when ``label_dim > 0``) before anything is traced.
 """
 
 from __future__ import annotations
@@ -314,6 +321,27 @@ def _call(denoise: DenoiseFn, x: jax.Array, sigma: jax.Array) -> jax.Array:
     return denoise(x, jnp.broadcast_to(sigma, (x.shape[0],))).astype(jnp.float32)
 
 
+def _check_labels(labels, batch: int) -> jax.Array:
+    """Method-level labels: float ``[batch, label_dim]`` rows (trace-time shape check)."""
+    labels = jnp.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != batch:
+        raise ValueError(
+            f"labels have shape {labels.shape}; a method takes one-hot rows [{batch}, label_dim] "
+            "(backbones.prepare_labels turns class ids into them)"
+        )
+    return labels.astype(jnp.float32)
+
+
+def _with_labels(denoise, labels, batch: int) -> DenoiseFn:
+    """``denoise`` itself without labels; with labels ``[batch, L]`` the closure
+    ``(x, sigma) -> denoise(x, sigma, labels)`` (every denoiser call of these methods is on the
+    batch's own rows)."""
+    if labels is None:
+        return denoise
+    labels = _check_labels(labels, batch)
+    return lambda x, sigma: denoise(x, sigma, labels)
+
+
 def _grid(num_steps, sigma_min, sigma_max, rho) -> jax.Array:
     return sampling.edm_sigmas(num_steps, sigma_min, sigma_max, rho)
 
@@ -354,6 +382,7 @@ def unguided(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 18,
     solver: str = "heun",
@@ -376,6 +405,7 @@ def unguided(
         num_steps, solver, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise
     )
     y_obs, _, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     latents = jax.random.normal(k_init, y_obs.shape, jnp.float32)
     res = sampling.sample(denoise, latents, k_steps, config=cfg)
@@ -387,6 +417,7 @@ def replacement(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 18,
     solver: str = "heun",
@@ -411,6 +442,7 @@ def replacement(
         num_steps, solver, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise
     )
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = cfg.sigmas()
     churn = cfg.S_churn / cfg.num_steps  # integrate on 2 levels: gamma = min(churn / 1, ...)
@@ -442,6 +474,7 @@ def repaint(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 250,
     jump_length: int = 10,
@@ -464,6 +497,7 @@ def repaint(
     """
     nfe, _ = _cost_repaint(num_steps, jump_length, jump_n_sample, sigma_min, sigma_max, rho)
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = _grid(num_steps, sigma_min, sigma_max, rho)
     schedule = time_travel_schedule(num_steps, jump_length, jump_n_sample)
@@ -496,6 +530,7 @@ def dps(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 250,
     zeta: float = 0.5,
@@ -518,6 +553,7 @@ def dps(
     """
     nfe, nfe_b = _cost_dps(num_steps, zeta, step_form, sigma_data, sigma_min, sigma_max, rho)
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = _grid(num_steps, sigma_min, sigma_max, rho)
     shape = y_obs.shape
@@ -542,6 +578,7 @@ def pigdm(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 100,
     eta: float = 0.0,
@@ -566,6 +603,7 @@ def pigdm(
         num_steps, eta, w, sigma_y, sigma_data, form, sigma_min, sigma_max, rho
     )
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = _grid(num_steps, sigma_min, sigma_max, rho)
     shape = y_obs.shape
@@ -593,6 +631,7 @@ def ddrm(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 20,
     eta: float = 0.85,
@@ -617,6 +656,7 @@ def ddrm(
     """
     nfe, _ = _cost_ddrm(num_steps, eta, eta_b, sigma_y, sigma_min, sigma_max, rho)
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = _grid(num_steps, sigma_min, sigma_max, rho)
     shape = y_obs.shape
@@ -645,6 +685,7 @@ def ddnm(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 100,
     eta: float = 0.85,
@@ -661,6 +702,7 @@ def ddnm(
     """
     nfe, _ = _cost_ddnm(num_steps, eta, sigma_min, sigma_max, rho)
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = _grid(num_steps, sigma_min, sigma_max, rho)
     shape = y_obs.shape
@@ -683,6 +725,7 @@ def ddnm_plus(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = 100,
     eta: float = 0.85,
@@ -717,6 +760,7 @@ def ddnm_plus(
         num_steps, eta, sigma_y, travel_length, travel_repeat, sigma_min, sigma_max, rho
     )
     y_obs, known, _ = _prepare(y, mask)
+    denoise = _with_labels(denoise, labels, y_obs.shape[0])
     k_init, k_steps = _keys(key)
     sigmas = _grid(num_steps, sigma_min, sigma_max, rho)
     schedule = time_travel_schedule(num_steps, travel_length, travel_repeat)
@@ -779,6 +823,7 @@ def vipaint(
     y: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    labels: jax.Array | None = None,
     *,
     num_steps: int = _VIPAINT.refine_steps,
     samples_per_fit: int = 1,
@@ -802,7 +847,10 @@ def vipaint(
     Rows are grouped by ``samples_per_fit`` = k: rows b·k … b·k + k − 1 must hold the same image
     and mask (the evaluation harness's layout for k samples per image); one posterior is fitted
     per group from its first row and the k samples drawn from it. NFE per sample counts the
-    shared fit divided by k. Other fields of ``VIPaintConfig`` keep their defaults.
+    shared fit divided by k. Other fields of ``VIPaintConfig`` keep their defaults. With
+    ``labels`` each group's first row of labels is its image's class; the fit and the sampling
+    call ``denoise(x, sigma, labels_rows)`` with those labels repeated to their rows
+    (``vipaint.model.fit`` / ``sample``).
     """
     cfg = _vipaint_config(
         num_steps,
@@ -829,7 +877,11 @@ def vipaint(
             f"the batch ({y_obs.shape[0]} rows) must be a multiple of samples_per_fit={k}"
         )
     m1 = known[..., :1].astype(jnp.float32)
-    samples, _, _ = vipaint_model.fit_and_sample(denoise, y_obs[::k], m1[::k], key, cfg, k)
+    if labels is not None:  # one row of labels per fitted image (its k rows share them)
+        labels = _check_labels(labels, y_obs.shape[0])[::k]
+    samples, _, _ = vipaint_model.fit_and_sample(
+        denoise, y_obs[::k], m1[::k], key, cfg, k, labels=labels
+    )
     return InpaintResult(x=samples.reshape(y_obs.shape), nfe=nfe, nfe_backward=nfe_backward)
 
 
@@ -873,6 +925,11 @@ def method_options(name: str) -> dict[str, Any]:
 def _merge_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     defaults = method_options(name)
     unknown = sorted(set(options) - set(defaults))
+    if "labels" in unknown:
+        raise ValueError(
+            "labels are not an option: pass them per call, fn(params, y, mask, key, labels=...), "
+            "and the number of classes as make_inpainter(..., label_dim=N)"
+        )
     if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for method {name!r}; "
@@ -980,46 +1037,68 @@ def _check_key(key) -> None:
 
 
 def make_inpainter(
-    method: str, denoise_with_params: Callable[..., jax.Array], **options
+    method: str, denoise_with_params: Callable[..., jax.Array], *, label_dim: int = 0, **options
 ) -> Callable[..., InpaintResult]:
-    """A jitted ``fn(params, y, mask, key) -> InpaintResult`` running ``method``.
+    """A jitted ``fn(params, y, mask, key, labels=None) -> InpaintResult`` running ``method``.
 
-    ``denoise_with_params(params, x, sigma)`` is the backbone, e.g.
-    ``lambda p, x, s: backbones.denoise(p, x, s, config=backbone.config)``; the parameters stay a
-    jit argument (never baked in as constants). The method name and options are checked here
-    (``ValueError`` for an unknown name, option or bad value); every call then runs
-    :func:`validate_inputs` (and a key check) on the host before the jitted core, which compiles
-    once per input shapes/dtypes/shardings.
+    ``denoise_with_params(params, x, sigma)`` is the backbone of an unconditional model
+    (``label_dim=0``), e.g. ``lambda p, x, s: backbones.denoise(p, x, s, config=cfg)``; with
+    ``label_dim > 0`` (a class-conditional backbone, ``cfg.label_dim``) it is called as
+    ``denoise_with_params(params, x, sigma, labels)`` with ``labels`` float32 one-hot rows
+    ``[rows, label_dim]``, e.g. ``lambda p, x, s, l=None: backbones.denoise(p, x, s, l,
+    config=cfg)`` (that form serves both). The parameters stay a jit argument (never baked in as
+    constants). The method name and options are checked here (``ValueError`` for an unknown name,
+    option or bad value); every call then runs :func:`validate_inputs`, a key check and
+    ``backbones.prepare_labels`` on the host before the jitted core, which compiles once per input
+    shapes/dtypes/shardings (labels are a traced argument: new labels never recompile).
 
     Args:
         method: A name in ``METHODS``.
         denoise_with_params: The backbone denoiser with its parameters as first argument.
+        label_dim: The backbone's number of classes (``config.label_dim``; 0 = unconditional).
+            With ``label_dim > 0`` every call needs ``labels``; with 0 none may be given.
         **options: Keyword options of the method (see :func:`method_options`).
 
     Returns:
-        ``fn(params, y [B,H,W,C], mask [B,H,W,1|C], key) -> InpaintResult`` with attributes
-        ``jitted`` (the ``jax.jit`` core), ``method``, ``options`` (all, with defaults), ``nfe`` and
+        ``fn(params, y [B,H,W,C], mask [B,H,W,1|C], key, labels=None) -> InpaintResult``, labels
+        integer class ids ``[B]`` (or one int) or one-hot/soft rows ``[B, label_dim]``
+        (``backbones.prepare_labels``), with attributes ``jitted`` (the ``jax.jit`` core
+        ``(params, y, mask, key, labels=None)``, labels as float32 ``[B, label_dim]``),
+        ``method``, ``options`` (all, with defaults), ``label_dim``, ``nfe`` and
         ``nfe_backward`` (per sample).
     """
+    from aid_jax.backbones import loader
+
     fn = _method(method)
+    _check_int("label_dim", label_dim, lo=0)
+    label_dim = int(label_dim)
     opts = _merge_options(method, options)
     nfe, nfe_backward = _COSTS[method](**opts)
 
     @jax.jit
-    def core(params, y, mask, key) -> InpaintResult:
-        def denoise(x, sigma):
-            return denoise_with_params(params, x, sigma)
+    def core(params, y, mask, key, labels=None) -> InpaintResult:
+        if labels is None:  # unconditional: exactly the method on the 3-argument denoiser
 
-        return fn(denoise, y, mask, key, **opts)
+            def denoise(x, sigma):
+                return denoise_with_params(params, x, sigma)
 
-    def inpaint(params, y, mask, key) -> InpaintResult:
+            return fn(denoise, y, mask, key, **opts)
+
+        def denoise_labelled(x, sigma, rows):
+            return denoise_with_params(params, x, sigma, rows)
+
+        return fn(denoise_labelled, y, mask, key, labels, **opts)
+
+    def inpaint(params, y, mask, key, labels=None) -> InpaintResult:
         validate_inputs(y, mask)
         _check_key(key)
-        return core(params, y, mask, key)
+        labels = loader.prepare_labels(labels, label_dim, np.shape(y)[0])
+        return core(params, y, mask, key, labels)
 
     inpaint.jitted = core
     inpaint.method = method
     inpaint.options = opts
+    inpaint.label_dim = label_dim
     inpaint.nfe = nfe
     inpaint.nfe_backward = nfe_backward
     return inpaint

@@ -20,6 +20,14 @@ output on the known pixels (how well a method keeps what it was given); FID/KID 
 classifier's features ("_lenet") and optionally InceptionV3 ("_inception"), against a reference
 set, with the ground truth and the observed (hole = grey) images as reference rows; class accuracy
 of the frozen classifier; diversity (mean pairwise LPIPS in the hole) when samples_per_image > 1.
+
+Class labels (`eval.use_labels`): on a class-conditional backbone (label_dim > 0) every method
+gets the test images' labels (`labels=`, one-hot rows; each image's label on all its sample
+rows). None (default) = on when the backbone is conditional and the data has labels for every
+chosen image; True = on (an error if the backbone is unconditional or the data unlabelled);
+False = off: a conditional backbone then gets its zero class vector (explicit zero rows), as
+before labels were wired in. An unconditional backbone never gets labels. results.json records
+the choice under data.labels.
 """
 
 from __future__ import annotations
@@ -286,6 +294,40 @@ def _summaries(per_image: dict[str, np.ndarray], k: int, config) -> dict:
     return out
 
 
+def _eval_labels(config, backbone, source, labels, rows_per_image):
+    """(labels of every output row, float32 one-hot [N·k, label_dim] or None; whether they are the
+    images' classes; a note for the report).
+
+    Checked before anything is compiled: `eval.use_labels=True` on an unconditional backbone or
+    unlabelled data, class ids outside the backbone's range."""
+    use = config.eval.get("use_labels", None)
+    if use is not None and not isinstance(use, bool | np.bool_):
+        raise EvaluationError(f"eval.use_labels must be True, False or None (auto), got {use!r}")
+    label_dim = int(getattr(backbone.config, "label_dim", 0) or 0)
+    labelled = labels is not None and int(source.num_classes) > 0 and bool((labels >= 0).all())
+    if not label_dim:
+        if use:
+            raise EvaluationError(
+                "eval.use_labels=True but the backbone is unconditional (label_dim 0): set "
+                "eval.use_labels=None (auto) or False"
+            )
+        return None, False, "none (unconditional backbone)"
+    if use and not labelled:
+        raise EvaluationError(
+            f"eval.use_labels=True but data {source.name} has no class label for every chosen "
+            "image: use labelled data or set eval.use_labels=False"
+        )
+    if not (labelled if use is None else use):
+        why = "eval.use_labels=False" if use is False else f"data {source.name} has no labels"
+        zeros = np.zeros((len(rows_per_image), label_dim), np.float32)
+        return zeros, False, f"off ({why}): the {label_dim}-class backbone's zero class vector"
+    try:
+        rows = backbones.prepare_labels(labels[rows_per_image], label_dim, len(rows_per_image))
+    except backbones.BackboneError as e:
+        raise EvaluationError(f"data {source.name}: {e}") from e
+    return np.asarray(rows), True, f"on (the images' classes, {label_dim}-class backbone)"
+
+
 def _device_description() -> str:
     d = jax.devices()[0]
     return f"{jax.device_count()}× {d.platform}:{getattr(d, 'device_kind', '')} ({platform.node()})"
@@ -304,6 +346,10 @@ def run(config, workdir: str) -> dict:
     n, k = gt.shape[0], int(config.eval.samples_per_image)
     rows_per_image = np.repeat(np.arange(n), k)  # sample j of image i sits at row i·k + j
     gt_rows = gt[rows_per_image]
+    label_rows, labels_used, labels_note = _eval_labels(
+        config, backbone, source, labels, rows_per_image
+    )
+    label_dim = int(getattr(backbone.config, "label_dim", 0) or 0)
 
     # Masks: one fixed, seeded set per mask entry, shared by every method.
     mask_sets = {}
@@ -333,8 +379,8 @@ def run(config, workdir: str) -> dict:
     params = sharding.replicate(backbone.params, mesh)
     bconfig = backbone.config
 
-    def denoise_with_params(p, x, sigma):
-        return backbones.denoise(p, x, sigma, config=bconfig)
+    def denoise_with_params(p, x, sigma, class_labels=None):
+        return backbones.denoise(p, x, sigma, class_labels, config=bconfig)
 
     batch = int(config.eval.batch_size)
     total_rows = n * k
@@ -370,7 +416,7 @@ def run(config, workdir: str) -> dict:
             )
         elif (method_name, steps) not in inpainters:
             inpainters[(method_name, steps)] = baselines.make_inpainter(
-                entry.method, denoise_with_params, **options
+                entry.method, denoise_with_params, label_dim=label_dim, **options
             )
         fn = inpainters[(method_name, steps)]
         fn_params = getattr(fn, "params", params)  # AID carries its own (replicated) bundle
@@ -384,15 +430,18 @@ def run(config, workdir: str) -> dict:
             y_b = sharding.shard_batch(y_rows[sl], mesh)
             m_b = sharding.shard_batch(m_rows[sl], mesh)
             key_b = jax.random.fold_in(mask_key, b)
+            # Labels ride along only for a conditional backbone (unconditional: the 4-argument
+            # call, exactly as without labels).
+            extra = () if label_rows is None else (sharding.shard_batch(label_rows[sl], mesh),)
             if (method_name, steps) not in executables:
                 # Ahead-of-time compile, timed on its own, so that no batch runs twice.
                 t0 = time.perf_counter()
                 executables[(method_name, steps)] = fn.jitted.lower(
-                    fn_params, y_b, m_b, key_b
+                    fn_params, y_b, m_b, key_b, *extra
                 ).compile()
                 compile_seconds[(method_name, steps)] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = executables[(method_name, steps)](fn_params, y_b, m_b, key_b)
+            res = executables[(method_name, steps)](fn_params, y_b, m_b, key_b, *extra)
             x_b = np.asarray(jax.block_until_ready(res.x))
             seconds += time.perf_counter() - t0
             outputs.append(x_b)
@@ -478,8 +527,9 @@ def run(config, workdir: str) -> dict:
         f"# Inpainting evaluation — {backbone_name(backbone)}",
         "",
         f"{n} test images of `{source.name}` (seeded subset, seed {config.eval.seed}), "
-        f"{k} sample(s) per image; masks seed {config.eval.mask_seed}; device "
-        f"{_device_description()}; {datetime.date.today().isoformat()}.",
+        f"{k} sample(s) per image; masks seed {config.eval.mask_seed}; "
+        + (f"class labels {labels_note}; " if label_dim else "")
+        + f"device {_device_description()}; {datetime.date.today().isoformat()}.",
         "Per-image metrics: mean [95% bootstrap CI over images]; KID ×1e3 ± std over subsets. "
         "`_full` = composited (paste-back) output, `_raw` = the method's own output.",
         "",
@@ -504,7 +554,12 @@ def run(config, workdir: str) -> dict:
             "name": backbone_name(backbone),
             "params_sha256": backbone.manifest.get("params_sha256"),
         },
-        "data": {"name": source.name, "indices": idx.tolist(), "samples_per_image": k},
+        "data": {
+            "name": source.name,
+            "indices": idx.tolist(),
+            "samples_per_image": k,
+            "labels": {"used": labels_used, "note": labels_note},
+        },
         "masks": {
             name: {"hole_fraction": float(1.0 - m.mean()), **config.masks[name].to_dict()}
             for name, m in mask_sets.items()

@@ -352,6 +352,15 @@ def _png_gray(path: pathlib.Path) -> np.ndarray:
             img.load()
     except (OSError, SyntaxError) as e:  # PIL raises UnidentifiedImageError (an OSError)
         raise ValueError(f"png: cannot read mask image {str(path)!r}: {e}") from e
+    return mask_gray(img, str(path))
+
+
+def mask_gray(img: Image.Image, name: str = "mask") -> np.ndarray:
+    """uint8 ``[H, W]`` gray values of a mask image (PIL), ``name`` naming it in errors.
+
+    Grayscale, 1-bit, palette and RGB(A) images are accepted when every pixel is gray
+    (R = G = B) and opaque; colour, transparency and other modes raise ``ValueError``.
+    """
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA")
@@ -359,7 +368,7 @@ def _png_gray(path: pathlib.Path) -> np.ndarray:
         img = img.convert("L")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         raise ValueError(
-            f"png: mask {str(path)!r} has unsupported mode {mode!r}; save it as 8-bit "
+            f"png: mask {name!r} has unsupported mode {mode!r}; save it as 8-bit "
             "grayscale (mode 'L') with white = known, black = hole"
         )
     a = np.asarray(img)
@@ -367,7 +376,7 @@ def _png_gray(path: pathlib.Path) -> np.ndarray:
         alpha = a[..., -1]
         if (alpha != 255).any():
             raise ValueError(
-                f"png: mask {str(path)!r} (mode {img.mode!r}) has {(alpha != 255).sum()} "
+                f"png: mask {name!r} (mode {img.mode!r}) has {(alpha != 255).sum()} "
                 "transparent pixels; flatten it to grayscale (white = known, black = hole)"
             )
         a = a[..., :-1]
@@ -376,7 +385,7 @@ def _png_gray(path: pathlib.Path) -> np.ndarray:
         if coloured.any():
             y, x = np.argwhere(coloured)[0]
             raise ValueError(
-                f"png: mask {str(path)!r} is a colour image (mode {mode!r}) with "
+                f"png: mask {name!r} is a colour image (mode {mode!r}) with "
                 f"{coloured.sum()} coloured pixels (e.g. RGB {tuple(int(c) for c in a[y, x])} at "
                 f"row {y}, column {x}); a mask must be grayscale: white = known, black = hole"
             )

@@ -84,6 +84,17 @@ def _main_config(argv: list[str]):
     return values.config
 
 
+def test_quoted_help_commands_are_the_readme_commands():
+    """The commands `python -m aid_jax.inpaint --help` shows as examples are README commands
+    (which test_bash_blocks runs), so neither can drift from the other."""
+    from aid_jax import inpaint_images
+
+    help_text = inpaint_images._parser().format_help()
+    shown = [line.strip() for line in help_text.splitlines() if "docs/examples" in line]
+    readme = [" ".join(argv) for lang, b in BLOCKS if lang == "bash" for argv in _commands(b)]
+    assert len(shown) == 2 and all(line in readme for line in shown), shown
+
+
 def test_first_block_is_the_main_job_and_the_ci_command():
     lang, block = BLOCKS[0]
     lines = block.strip().splitlines()

@@ -10,7 +10,10 @@ and the deployed inpainter (AID.md §3, §6).
   the ``params`` of ``aid_jax.inpaint(params, x, mask)``. A registered pytree, so it passes through
   ``jax.jit`` and ``jax.device_put`` (replicated on a mesh) like any params tree.
 * :func:`inpaint` — the deterministic controlled sampler (Euler or Heun, any step count) with the
-  guidance added to the drift, optional paste-back.
+  guidance added to the drift, optional paste-back. On a class-conditional backbone
+  (``backbone_config.label_dim > 0``) it needs ``labels=`` (class ids or one-hot rows,
+  ``aid_jax.backbones.prepare_labels``); the backbone's denoiser inside the controlled sampler
+  sees them, the guidance network does not.
 
 The guidance module is indexed by σ, not by the step number: on another step count or with Heun
 it is evaluated at that sampler's noise levels (the transfer the paper claims; first measurements
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax import sampling
+from aid_jax import backbones, sampling
 from aid_jax.aid import control, networks
 
 __all__ = [
@@ -298,10 +301,14 @@ class AIDParams:
     config: AIDConfig
     backbone_sha256: str = ""
 
-    def denoise(self, x, sigma):
-        from aid_jax import backbones
+    def denoise(self, x, sigma, labels=None):
+        """D(x; σ) of the frozen backbone (``labels`` ``[B, label_dim]`` or None)."""
+        return backbones.denoise(self.backbone, x, sigma, labels, config=self.backbone_config)
 
-        return backbones.denoise(self.backbone, x, sigma, config=self.backbone_config)
+    @property
+    def label_dim(self) -> int:
+        """The backbone's number of classes (0: unconditional)."""
+        return int(getattr(self.backbone_config, "label_dim", 0) or 0)
 
 
 jax.tree_util.register_dataclass(
@@ -367,6 +374,7 @@ def inpaint(
     solver: str = "euler",
     num_steps: int | None = None,
     paste_back: bool = True,
+    labels=None,
 ):
     """Inpaint with a trained AID guidance module (AID.md §6). Pure and jit-able.
 
@@ -386,14 +394,22 @@ def inpaint(
         num_steps: Sampler steps (default ``params.config.num_steps``).
         paste_back: Return m⊙x + (1 − m)⊙x̂ (the known pixels exactly) instead of the raw
             sample.
+        labels: Class labels for a class-conditional backbone (``label_dim > 0``): integer ids
+            ``[B]`` (or one int) or one-hot/soft rows ``[B, label_dim]``
+            (``aid_jax.backbones.prepare_labels``; zero rows = the backbone's unconditional zero
+            class vector). Required there, refused for an unconditional backbone. The backbone's
+            denoiser sees them at every step; the guidance network does not take labels.
 
     Returns:
         ``aid_jax.baselines.InpaintResult`` (``x``, ``nfe``, ``nfe_backward = 0``).
 
     Raises:
         AIDError / ValueError: Before anything runs, for wrong shapes, dtypes, ranges, masks that
-            are not 0/1 or lack a hole or a known pixel, and params of another backbone. (Value
-            checks need concrete arrays; under ``jax.jit`` only the shapes are checked.)
+            are not 0/1 or lack a hole or a known pixel, params of another backbone, and missing
+            or bad labels (``BackboneError``). (Value checks need concrete arrays; under
+            ``jax.jit`` only the shapes are checked, and a conditional backbone called without
+            labels inside a traced caller, as the AID trainer's validation, gets its zero class
+            vector, the vector it was trained with.)
     """
     from aid_jax import baselines
 
@@ -414,21 +430,42 @@ def inpaint(
     if mask.ndim != 4 or mask.shape[1:3] != x.shape[1:3] or mask.shape[0] not in (1, x.shape[0]):
         raise AIDError(f"mask must be [B, H, W, 1] matching x {x.shape}, got {mask.shape}")
     mask = _check_mask_channels(mask, x.shape[-1])
+    if not (labels is None and params.label_dim and _is_traced(x, mask)):
+        labels = backbones.prepare_labels(labels, params.label_dim, x.shape[0])
     key = jax.random.key(0) if key is None else key
-    return _sample(params, x, mask, key, solver=solver, num_steps=int(steps), paste_back=paste_back)
+    return _sample(
+        params,
+        x,
+        mask,
+        key,
+        labels,
+        solver=solver,
+        num_steps=int(steps),
+        paste_back=paste_back,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "num_steps", "paste_back"))
-def _sample(params: AIDParams, x, mask, key, *, solver: str, num_steps: int, paste_back: bool):
-    """The jitted core of :func:`inpaint` (inputs already checked; ``mask`` has one channel)."""
+def _sample(
+    params: AIDParams, x, mask, key, labels, *, solver: str, num_steps: int, paste_back: bool
+):
+    """The jitted core of :func:`inpaint` (inputs already checked; ``mask`` has one channel;
+    ``labels`` float32 ``[B, label_dim]`` or None)."""
     from aid_jax import baselines
 
     mask = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:3] + (1,))
     y = jnp.where(mask > 0.5, x.astype(jnp.float32), 0.0)  # the hole is never read
     x_init = params.config.sigma_max * jax.random.normal(key, y.shape, jnp.float32)
     mu = guidance_mean_fn(params.actor, params.config, y, mask)
+    if labels is None:
+        denoise = params.denoise
+    else:
+
+        def denoise(x_, sigma):
+            return params.denoise(x_, sigma, labels)
+
     out = control.controlled_sample(
-        params.denoise, mu, x_init, params.config.sigmas(num_steps), solver=solver
+        denoise, mu, x_init, params.config.sigmas(num_steps), solver=solver
     )
     sample = out.x
     if paste_back:
@@ -439,26 +476,38 @@ def _sample(params: AIDParams, x, mask, key, *, solver: str, num_steps: int, pas
 def make_inpainter(
     aid_params: AIDParams, *, num_steps: int | None = None, solver: str = "euler", paste_back=False
 ) -> Callable:
-    """``fn(params, y, mask, key)`` in the form of ``baselines.make_inpainter`` (for the
-    evaluation harness): ``fn.params`` is the bundle to pass, ``fn.jitted`` the jitted core."""
+    """``fn(params, y, mask, key, labels=None)`` in the form of ``baselines.make_inpainter`` (for
+    the evaluation harness): ``fn.params`` is the bundle to pass, ``fn.jitted`` the jitted core
+    ``(params, y, mask, key, labels=None)`` (labels float32 ``[B, label_dim]``), ``fn.label_dim``
+    the backbone's number of classes (labels required when > 0, ``backbones.prepare_labels``)."""
     from aid_jax import baselines
 
     validate_params(aid_params)
     steps = int(num_steps or aid_params.config.num_steps)
+    label_dim = aid_params.label_dim
 
     @jax.jit
-    def core(params, y, mask, key):
+    def core(params, y, mask, key, labels=None):
         return inpaint(
-            params, y, mask, key=key, solver=solver, num_steps=steps, paste_back=paste_back
+            params,
+            y,
+            mask,
+            key=key,
+            solver=solver,
+            num_steps=steps,
+            paste_back=paste_back,
+            labels=labels,
         )
 
-    def fn(params, y, mask, key):
+    def fn(params, y, mask, key, labels=None):
         baselines.validate_inputs(y, mask, aid_params.config.image_shape)
-        return core(params, y, mask, key)
+        labels = backbones.prepare_labels(labels, label_dim, np.shape(y)[0])
+        return core(params, y, mask, key, labels)
 
     fn.jitted = core
     fn.params = aid_params
     fn.method = "aid"
+    fn.label_dim = label_dim
     fn.options = dict(num_steps=steps, solver=solver, paste_back=paste_back)
     fn.nfe = control.controlled_nfe(steps, solver)
     fn.nfe_backward = 0

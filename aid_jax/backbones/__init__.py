@@ -11,6 +11,7 @@ from aid_jax.backbones.loader import (
     make_sampler,
     num_params,
     params_from_state,
+    prepare_labels,
     save_backbone,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "make_sampler",
     "num_params",
     "params_from_state",
+    "prepare_labels",
     "save_backbone",
 ]

@@ -6,6 +6,9 @@ Two families share one interface:
 
 `denoise(params, x, sigma, labels, config=...)` is the pure function every sampler and method
 consumes; `Backbone` bundles params, config and the provenance manifest for convenience.
+`prepare_labels(labels, label_dim, batch)` turns the class labels of an inpainting call (ids or
+one-hot rows) into the `[B, label_dim]` float32 rows `denoise` takes, with the checks every
+inpainting entry point shares.
 """
 
 from __future__ import annotations
@@ -159,6 +162,83 @@ def denoise(
     if isinstance(config, edm2.EDM2Config):
         return edm2.denoise(params, x, sigma, labels, config, compute_dtype)
     return edm.denoise(params, x, sigma, labels, config, compute_dtype)
+
+
+def prepare_labels(labels, label_dim: int, batch: int) -> jax.Array | None:
+    """Class labels of an inpainting call in the form `denoise` takes; the one set of rules every
+    entry point (`baselines.make_inpainter`, `aid_jax.inpaint`, VIPaint, the harness) applies.
+
+    Accepted `labels`:
+      * integer class ids `[batch]` in [0, label_dim), or one int for the whole batch -> one-hot
+        rows (float ids with integral values, e.g. 3.0, count as ids);
+      * `[batch, label_dim]` one-hot or soft rows (any finite numbers); all-zero rows are the
+        backbone's unconditional zero class vector (what `denoise(..., labels=None)` uses).
+
+    Returns float32 `[batch, label_dim]`, or None for an unconditional backbone (label_dim 0)
+    called without labels. Raises `BackboneError` (a ValueError) saying what to pass: labels
+    missing on a class-conditional backbone, labels given to an unconditional one, ids out of
+    range or not integers, a wrong batch size or shape. Runs on the host; traced arrays (inside
+    `jax.jit`) get the shape and dtype checks only.
+    """
+    label_dim = int(label_dim or 0)
+    batch = int(batch)
+    if labels is None:
+        if label_dim:
+            raise BackboneError(
+                f"this backbone is class-conditional ({label_dim} classes): pass labels=... "
+                f"(integer class ids [{batch}] or one-hot rows [{batch}, {label_dim}]; "
+                f"np.zeros(({batch}, {label_dim})) for its unconditional zero class vector)"
+            )
+        return None
+    if not label_dim:
+        raise BackboneError(
+            "this backbone is unconditional (label_dim 0) and takes no class labels: drop labels="
+        )
+    traced = isinstance(labels, jax.core.Tracer)
+    a = labels if traced else np.asarray(labels)
+    integer = np.issubdtype(a.dtype, np.integer)
+    if a.dtype == bool or not (integer or np.issubdtype(a.dtype, np.floating)):
+        raise BackboneError(
+            f"labels have dtype {a.dtype}; pass integer class ids [{batch}] or float one-hot "
+            f"rows [{batch}, {label_dim}]"
+        )
+    if a.ndim == 0:  # one class for the whole batch
+        a = (jnp if traced else np).broadcast_to(a, (batch,))
+    if a.ndim == 1:
+        if a.shape[0] != batch:
+            raise BackboneError(
+                f"labels have {a.shape[0]} class ids for a batch of {batch} images: give one id "
+                f"per image (shape [{batch}]) or a single int"
+            )
+        if traced:
+            if not integer:
+                raise BackboneError(
+                    "float class ids cannot be checked inside jax.jit: pass integer ids or "
+                    f"one-hot rows [{batch}, {label_dim}]"
+                )
+            return jax.nn.one_hot(a, label_dim, dtype=jnp.float32)
+        if not integer and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+            bad = a[~(np.isfinite(a) & (a == np.round(a)))][:3].tolist()
+            raise BackboneError(
+                f"labels are float class ids with non-integer values ({bad}); pass integer ids "
+                f"in [0, {label_dim}) or one-hot rows [{batch}, {label_dim}]"
+            )
+        if a.size and (a.min() < 0 or a.max() >= label_dim):
+            raise BackboneError(
+                f"class ids must lie in [0, {label_dim}) for this backbone, got "
+                f"{a.min():g}..{a.max():g}"
+            )
+        return jnp.asarray(np.eye(label_dim, dtype=np.float32)[a.astype(np.int64)])
+    if a.ndim == 2 and a.shape == (batch, label_dim):
+        if traced:
+            return a.astype(jnp.float32)
+        if not np.isfinite(a).all():
+            raise BackboneError("labels contain NaN or inf; one-hot rows must be finite")
+        return jnp.asarray(a.astype(np.float32))
+    raise BackboneError(
+        f"labels have shape {tuple(a.shape)}; expected class ids [{batch}] or one-hot rows "
+        f"[{batch}, {label_dim}] for a batch of {batch} images"
+    )
 
 
 def make_sampler(config: Config, sampler_config, labels=None):

@@ -12,6 +12,12 @@ Functions: :func:`init_params`, :func:`sample_chain`, :func:`objective`, :func:`
 ``lax.scan`` over iterations, Adam per parameter group, log-variances clamped),
 :func:`refine` (``lax.scan`` over the refinement grid), :func:`sample` (chain + refinement for S
 samples per fitted posterior) and :func:`fit_and_sample`. Costs: :func:`costs`.
+
+Class labels (class-conditional backbones): :func:`fit`, :func:`sample`, :func:`fit_and_sample`
+and :func:`inpaint` take ``labels`` float32 ``[B, label_dim]`` (one row per image, e.g. from
+``aid_jax.backbones.prepare_labels``); the denoiser is then called as
+``denoise(x, sigma, labels_rows)`` with each image's row repeated to its M (fit) or S (sampling)
+rows, in the row layout above. ``labels=None`` leaves everything exactly as without labels.
 """
 
 from __future__ import annotations
@@ -258,6 +264,36 @@ def _den(denoise: DenoiseFn, remat: bool) -> DenoiseFn:
     return jax.checkpoint(denoise) if remat else denoise
 
 
+def _check_labels(labels, num_images: int):
+    """Per-image labels ``[B, label_dim]`` as float32 (shape checked at trace time), or None."""
+    if labels is None:
+        return None
+    labels = jnp.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != num_images:
+        raise ValueError(
+            f"labels have shape {labels.shape}; expected one row per image [{num_images}, "
+            "label_dim] (aid_jax.backbones.prepare_labels turns class ids into one-hot rows)"
+        )
+    return labels.astype(jnp.float32)
+
+
+def _with_labels(denoise, labels) -> DenoiseFn:
+    """``denoise`` itself without labels; else ``(x, sigma) -> denoise(x, sigma, rows)`` with
+    image b's labels on rows b·r … b·r + r − 1 (r = rows per image, from the batch's size)."""
+    if labels is None:
+        return denoise
+    num_images = labels.shape[0]
+
+    def labelled(x, sigma):
+        if x.shape[0] % num_images:
+            raise ValueError(
+                f"a denoiser batch of {x.shape[0]} rows does not split into {num_images} images"
+            )
+        return denoise(x, sigma, jnp.repeat(labels, x.shape[0] // num_images, axis=0))
+
+    return labelled
+
+
 def _mean_elements(a):
     return jnp.mean(a, axis=tuple(range(1, a.ndim)))
 
@@ -378,18 +414,22 @@ def _clamp(params: dict, cfg: VIPaintConfig) -> dict:
     return out
 
 
-def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig):
+def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, labels=None):
     """Fit one posterior per image (§5): ``cfg.num_iters`` Adam steps in one ``lax.scan``.
+
+    ``labels`` (optional, ``[B, label_dim]``): the images' classes; the denoiser is then called as
+    ``denoise(x, sigma, labels_rows)`` on the fit's B·M rows.
 
     Returns:
         (params, history) with ``history['loss']`` etc. ``[num_iters, B]`` (mean over samples).
     """
     check_inputs(y, mask)
     y, mask = _observed(y, mask)
+    labels = _check_labels(labels, y.shape[0])
     k_init, k_fit = jax.random.split(key)
     params = init_params(y, mask, k_init, cfg)
     tx = _optimizer(cfg)
-    den = _den(denoise, cfg.remat)
+    den = _den(_with_labels(denoise, labels), cfg.remat)
     b, m = y.shape[0], cfg.num_mc
 
     def step(carry, it):
@@ -457,8 +497,20 @@ def refine(denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig) -> jax.Array
     return denoise(x, jnp.full((n,), grid[-1], jnp.float32))
 
 
-def sample(denoise: DenoiseFn, params: dict, y, mask, key, cfg: VIPaintConfig, num_samples: int):
+def sample(
+    denoise: DenoiseFn,
+    params: dict,
+    y,
+    mask,
+    key,
+    cfg: VIPaintConfig,
+    num_samples: int,
+    labels=None,
+):
     """S samples per fitted posterior: the chain without gradients, then :func:`refine`.
+
+    ``labels`` (optional, ``[B, label_dim]``): the images' classes, repeated to the B·S rows of
+    every denoiser call (``denoise(x, sigma, labels_rows)``).
 
     Returns:
         ``[B, S, H, W, C]`` raw samples (not pasted back).
@@ -466,6 +518,7 @@ def sample(denoise: DenoiseFn, params: dict, y, mask, key, cfg: VIPaintConfig, n
     check_inputs(y, mask, num_samples)
     y, mask = _observed(y, mask)
     b = y.shape[0]
+    denoise = _with_labels(denoise, _check_labels(labels, b))
     rows = _rows(jax.lax.stop_gradient(params), num_samples)
     k_chain, k_ref = jax.random.split(key)
     x1, _, _, _ = sample_chain(denoise, rows, k_chain, cfg)
@@ -475,11 +528,15 @@ def sample(denoise: DenoiseFn, params: dict, y, mask, key, cfg: VIPaintConfig, n
     return out.reshape((b, num_samples) + y.shape[1:])
 
 
-def fit_and_sample(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, num_samples: int = 1):
-    """:func:`fit`, then :func:`sample`; returns (samples ``[B, S, ...]``, params, history)."""
+def fit_and_sample(
+    denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, num_samples: int = 1, labels=None
+):
+    """:func:`fit`, then :func:`sample` (both with ``labels``, ``[B, label_dim]`` or None);
+    returns (samples ``[B, S, ...]``, params, history)."""
     k_fit, k_sample = jax.random.split(key)
-    params, history = fit(denoise, y, mask, k_fit, cfg)
-    return sample(denoise, params, y, mask, k_sample, cfg, num_samples), params, history
+    params, history = fit(denoise, y, mask, k_fit, cfg, labels=labels)
+    samples = sample(denoise, params, y, mask, k_sample, cfg, num_samples, labels=labels)
+    return samples, params, history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,16 +572,42 @@ _PROGRAMS: dict = {}
 
 
 def inpaint(
-    denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig | None = None, num_samples: int = 1
+    denoise: DenoiseFn,
+    y,
+    mask,
+    key,
+    cfg: VIPaintConfig | None = None,
+    num_samples: int = 1,
+    *,
+    labels=None,
+    label_dim: int | None = None,
 ) -> VIPaintResult:
     """Fit one posterior per image, then draw ``num_samples`` samples from each (host-side: the
     inputs are checked first; the fit and the sampling are two jitted programs, compiled once per
     (denoiser, config, shapes) and timed apart). Pure-function forms: :func:`fit`, :func:`sample`.
+
+    Class-conditional backbones: ``label_dim`` is the backbone's number of classes and
+    ``labels`` the images' classes, integer ids ``[B]`` (or one int) or one-hot rows
+    ``[B, label_dim]`` (``aid_jax.backbones.prepare_labels``: with ``label_dim > 0`` labels are
+    required, with 0 refused; ``label_dim=None`` takes it from one-hot rows, or checks nothing
+    when no labels are given). With labels ``denoise`` is called as
+    ``denoise(x, sigma, labels_rows)``; the labels are an argument of the compiled programs.
     """
     import time
 
+    from aid_jax.backbones import loader
+
     cfg = cfg or VIPaintConfig()
     check_inputs(y, mask, num_samples)
+    if label_dim is None and labels is not None:
+        if np.ndim(labels) != 2:
+            raise ValueError(
+                "integer class ids need label_dim= (the backbone's number of classes), or pass "
+                "one-hot rows [B, label_dim]"
+            )
+        label_dim = np.shape(labels)[1]
+    if label_dim is not None:
+        labels = loader.prepare_labels(labels, label_dim, np.shape(y)[0])
     y = jnp.asarray(y, jnp.float32)
     mask = jnp.asarray(mask, jnp.float32)
     k_fit, k_sample = jax.random.split(key)
@@ -533,18 +616,22 @@ def inpaint(
         if len(_PROGRAMS) >= 16:  # bounded: one entry per (denoiser closure, config, S)
             _PROGRAMS.clear()
         _PROGRAMS[sig] = (
-            jax.jit(lambda y_, m_, k: fit(denoise, y_, m_, k, cfg)),
-            jax.jit(lambda p, y_, m_, k: sample(denoise, p, y_, m_, k, cfg, int(num_samples))),
+            jax.jit(lambda y_, m_, k, lab: fit(denoise, y_, m_, k, cfg, labels=lab)),
+            jax.jit(
+                lambda p, y_, m_, k, lab: sample(
+                    denoise, p, y_, m_, k, cfg, int(num_samples), labels=lab
+                )
+            ),
         )
     fit_fn, sample_fn = _PROGRAMS[sig]
     t0 = time.perf_counter()
-    fit_exe = fit_fn.lower(y, mask, k_fit).compile()
+    fit_exe = fit_fn.lower(y, mask, k_fit, labels).compile()
     t1 = time.perf_counter()
-    params, history = jax.block_until_ready(fit_exe(y, mask, k_fit))
+    params, history = jax.block_until_ready(fit_exe(y, mask, k_fit, labels))
     t2 = time.perf_counter()
-    sample_exe = sample_fn.lower(params, y, mask, k_sample).compile()
+    sample_exe = sample_fn.lower(params, y, mask, k_sample, labels).compile()
     t3 = time.perf_counter()
-    x = jax.block_until_ready(sample_exe(params, y, mask, k_sample))
+    x = jax.block_until_ready(sample_exe(params, y, mask, k_sample, labels))
     t4 = time.perf_counter()
     c = costs(cfg)
     share = -(-c["fit_forward"] // int(num_samples))  # ceil
