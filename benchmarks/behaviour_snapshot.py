@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 STEPS = {"repaint": 4, "vipaint": 3}  # others: 4 steps
 OPTIONS = {
     "repaint": dict(jump_length=2, jump_n_sample=2),
-    "vipaint": dict(num_iters=2, num_mc=1, refine_steps=2),
+    "vipaint": dict(num_iters=2, num_mc=1),  # refinement: num_steps
 }
 
 
