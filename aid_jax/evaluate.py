@@ -3,6 +3,13 @@ seeded test set, one set of metrics.
 
     python -m aid_jax.main --config=configs/eval_fashion_mnist.py --workdir=runs/eval
 
+Flow: :func:`plan` (every config error, including the methods' option names and values, before
+anything is loaded) → ``_setup`` (backbone, test set, labels, masks, metric networks, reference
+features, mesh) → ``_evaluate`` (reference rows, then per (mask, method, steps) ``_inpaint`` and
+``_score``) → ``_write``. Every method, AID included (its ``checkpoint`` option), is built by
+``aid_jax.methods.make_inpainter`` into an ``Inpainter``; :func:`evaluation_config` turns an AID
+run's config into the harness config.
+
 Writes to the workdir:
   results.json           config, provenance (backbone, metric networks, device) and one row per
                          (mask, method, steps): NFE forward/backward, seconds per image, every
@@ -32,6 +39,7 @@ the choice under data.labels.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -40,14 +48,15 @@ import pathlib
 import platform
 import time
 import zlib
-from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from aid_jax import backbones, masks, report, sharding
+from aid_jax import backbones, masks, methods, report, sharding
+from aid_jax import images as image_lib
 from aid_jax.data import pipeline, sources
 from aid_jax.metrics import fid as fid_lib
 from aid_jax.metrics import image_quality
@@ -60,7 +69,25 @@ class EvaluationError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Config checks (before anything is loaded or compiled)
+# Config: the harness config of an AID run, checks (before anything is loaded or compiled)
+
+
+def evaluation_config(config, workdir: str | None = None):
+    """The harness config of a run: ``data`` = ``eval_data`` (the test split) when the config has
+    one, and every ``aid`` method without a checkpoint pointed at ``workdir`` (the AID run just
+    trained). Configs without ``eval_data`` and ``methods`` (e.g. configs/eval_fashion_mnist.py
+    has no ``eval_data``) are returned unchanged."""
+    if "eval_data" not in config and "methods" not in config:
+        return config
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        if "eval_data" in out:
+            out.data = out.eval_data
+        for entry in out.methods.values():
+            aid = entry.get("method") == "aid"
+            if aid and workdir is not None and not entry.options.get("checkpoint"):
+                entry.options.checkpoint = str(workdir)
+    return out
 
 
 def _names(value, available, what: str) -> list[str]:
@@ -77,62 +104,58 @@ def _names(value, available, what: str) -> list[str]:
     return names
 
 
-def _method_registry() -> dict[str, Callable]:
-    from aid_jax import baselines
-
-    return dict(baselines.METHODS, aid=None)  # "aid": a trained module (aid_jax.aid.model)
-
-
-def _aid_inpainter(entry, steps: int, backbone, cache: dict, mesh):
-    """The harness form of a trained AID module: options ``checkpoint`` (workdir or export),
-    ``solver``; the output is raw (the harness composites)."""
-    from aid_jax.aid import api
-    from aid_jax.aid import model as aid_model
-
+def method_options(config, name: str, steps: int) -> dict[str, Any]:
+    """The options the harness passes to method entry ``name`` at ``steps`` steps: the entry's
+    options, ``num_steps``, and (for a method whose sample rows share work, e.g. VIPaint's one
+    fit per image) its samples option = ``eval.samples_per_image``."""
+    entry = config.methods[name]
     options = dict(entry.options.to_dict()) if "options" in entry else {}
-    unknown = sorted(set(options) - {"checkpoint", "solver"})
-    if unknown:
-        raise EvaluationError(f"unknown option(s) {unknown} for method 'aid' (checkpoint, solver)")
-    path = options.get("checkpoint")
-    if not path:
+    options["num_steps"] = steps
+    samples_option = methods.get(entry.method).samples_option
+    if samples_option:
+        options[samples_option] = int(config.eval.samples_per_image)
+    return options
+
+
+def _check_method_entry(config, name: str) -> None:
+    entry = config.methods[name]
+    if entry.method not in methods.REGISTRY:
         raise EvaluationError(
-            "method 'aid' needs options.checkpoint (an AID workdir or export folder), e.g. "
-            "--config.methods.aid.options.checkpoint=runs/aid"
+            f"config.methods.{name}.method={entry.method!r} is not an inpainting method; "
+            f"known: {', '.join(sorted(methods.REGISTRY))}"
         )
-    if path not in cache:  # loaded and replicated on the mesh once per checkpoint
-        cache[path] = sharding.replicate(api.load(path, backbone=backbone), mesh)
-    return aid_model.make_inpainter(
-        cache[path], num_steps=steps, solver=options.get("solver", "euler"), paste_back=False
-    )
+    samples_option = methods.get(entry.method).samples_option
+    if samples_option:
+        if samples_option in entry.get("options", {}):
+            raise EvaluationError(
+                f"config.methods.{name}.options.{samples_option} is set by the harness "
+                "(= eval.samples_per_image: an image's sample rows share its fit); remove it"
+            )
+        if config.eval.batch_size % config.eval.samples_per_image:
+            raise EvaluationError(
+                f"method {entry.method!r} shares one fit among an image's samples "
+                f"({samples_option}): "
+                f"eval.batch_size={config.eval.batch_size} must be a multiple of "
+                f"eval.samples_per_image={config.eval.samples_per_image}"
+            )
+    steps = tuple(entry.steps)
+    if not steps or any(int(s) < 1 for s in steps):
+        raise EvaluationError(f"config.methods.{name}.steps must be positive ints, got {steps}")
+    for s in steps:  # option names and values (the method's cost checks them)
+        try:
+            methods.method_cost(entry.method, **method_options(config, name, int(s)))
+        except ValueError as e:
+            raise EvaluationError(f"config.methods.{name}: {e}") from e
 
 
 def plan(config) -> list[tuple[str, str, int]]:
     """The (mask, method entry, steps) triples this config evaluates, checked up front."""
     mask_names = _names(config.eval.masks, list(config.masks.keys()), "masks")
     method_names = _names(config.eval.methods, list(config.methods.keys()), "methods")
-    registry = _method_registry()
+    if config.eval.samples_per_image < 1:
+        raise EvaluationError("eval.samples_per_image must be >= 1")
     for name in method_names:
-        entry = config.methods[name]
-        if entry.method not in registry:
-            raise EvaluationError(
-                f"config.methods.{name}.method={entry.method!r} is not an inpainting method; "
-                f"known: {', '.join(sorted(registry))}"
-            )
-        if entry.method == "vipaint":
-            if "samples_per_fit" in entry.get("options", {}):
-                raise EvaluationError(
-                    f"config.methods.{name}.options.samples_per_fit is set by the harness "
-                    "(= eval.samples_per_image: one posterior per image); remove it"
-                )
-            if config.eval.batch_size % config.eval.samples_per_image:
-                raise EvaluationError(
-                    f"method 'vipaint' shares one fit among an image's samples: "
-                    f"eval.batch_size={config.eval.batch_size} must be a multiple of "
-                    f"eval.samples_per_image={config.eval.samples_per_image}"
-                )
-        steps = tuple(entry.steps)
-        if not steps or any(int(s) < 1 for s in steps):
-            raise EvaluationError(f"config.methods.{name}.steps must be positive ints, got {steps}")
+        _check_method_entry(config, name)
     for name in mask_names:
         if "kind" not in config.masks[name]:
             raise EvaluationError(f"config.masks.{name} has no 'kind'")
@@ -141,8 +164,6 @@ def plan(config) -> list[tuple[str, str, int]]:
             f"eval.batch_size={config.eval.batch_size} must be a multiple of the "
             f"{jax.device_count()} devices"
         )
-    if config.eval.samples_per_image < 1:
-        raise EvaluationError("eval.samples_per_image must be >= 1")
     return [
         (mask, method, int(steps))
         for mask in mask_names
@@ -333,37 +354,77 @@ def _device_description() -> str:
     return f"{jax.device_count()}× {d.platform}:{getattr(d, 'device_kind', '')} ({platform.node()})"
 
 
+# ---------------------------------------------------------------------------------------------
+# The run: plan -> set-up -> reference rows -> per (mask, method, steps) inpaint and score -> write
+
+
 def run(config, workdir: str) -> dict:
     """Evaluate; returns the results dict also written to results.json."""
-    from aid_jax import baselines
-
-    workdir = pathlib.Path(workdir)
     todo = plan(config)  # all config errors before anything heavy happens
+    ev = _setup(config, pathlib.Path(workdir), todo)
+    rows, per_image_all, grid_outputs = _evaluate(ev, todo)
+    return _write(ev, rows, per_image_all, grid_outputs)
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What every (mask, method, steps) job of one evaluation shares, loaded once."""
+
+    config: Any
+    workdir: pathlib.Path
+    backbone: Any
+    source: Any
+    idx: np.ndarray  # indices of the test images in the source
+    gt: np.ndarray  # [N, H, W, C] test images in [-1, 1]
+    labels: np.ndarray | None  # their class ids
+    k: int  # samples per image: sample j of image i sits at row i·k + j
+    label_rows: np.ndarray | None  # labels of every output row (one-hot) or None
+    labels_used: bool
+    labels_note: str
+    mask_sets: dict[str, np.ndarray]  # name -> [N, H, W, 1]
+    lpips_net: Any
+    extractor: Any  # the in-domain classifier's features (or None)
+    classifier_note: str
+    inception_net: Any
+    feature_nets: list[tuple[str, Any]]  # (tag, network) of the set-level metrics
+    ref_source: Any
+    references: dict[str, np.ndarray]  # feature network tag -> reference features
+    mesh: Any
+    params: Any  # the backbone's parameters, replicated on the mesh
+
+    @property
+    def label_dim(self) -> int:
+        return int(getattr(self.backbone.config, "label_dim", 0) or 0)
+
+    @property
+    def rows_per_image(self) -> np.ndarray:
+        return np.repeat(np.arange(self.gt.shape[0]), self.k)
+
+    @property
+    def total_rows(self) -> int:
+        return self.gt.shape[0] * self.k
+
+    @property
+    def batch(self) -> int:
+        return int(self.config.eval.batch_size)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.total_rows / self.batch)
+
+
+def _setup(config, workdir: pathlib.Path, todo) -> _Setup:
+    """Backbone, test images and labels, masks (saved and checked), metric networks and their
+    reference features, the mesh and the replicated parameters."""
     workdir.mkdir(parents=True, exist_ok=True)
     backbone = backbones.backbone_from_config(config.backbone)
     shape = backbone.image_shape
     source, idx, gt, labels = _load_eval_set(config, shape)
-    n, k = gt.shape[0], int(config.eval.samples_per_image)
-    rows_per_image = np.repeat(np.arange(n), k)  # sample j of image i sits at row i·k + j
-    gt_rows = gt[rows_per_image]
+    k = int(config.eval.samples_per_image)
     label_rows, labels_used, labels_note = _eval_labels(
-        config, backbone, source, labels, rows_per_image
+        config, backbone, source, labels, np.repeat(np.arange(gt.shape[0]), k)
     )
-    label_dim = int(getattr(backbone.config, "label_dim", 0) or 0)
-
-    # Masks: one fixed, seeded set per mask entry, shared by every method.
-    mask_sets = {}
-    (workdir / "masks").mkdir(exist_ok=True)
-    for name in dict.fromkeys(m for m, _, _ in todo):
-        spec = config.masks[name].to_dict()
-        seed = int(config.eval.mask_seed)
-        m = masks.from_config(spec, n, shape[:2], seed=seed)
-        masks.save_masks(workdir / "masks" / f"{name}.npz", m, seed=seed, **spec)
-        # Every method's input checks (hole and observed pixels in every image, ranges, shapes)
-        # on the host, before anything is compiled.
-        baselines.validate_inputs(m * gt, m, shape)
-        mask_sets[name] = m
-
+    mask_sets = _make_masks(config, workdir, dict.fromkeys(m for m, _, _ in todo), gt, shape)
     lpips_net = _lpips(config)
     extractor, classifier_note = _classifier(config, shape)
     inception_net = _inception(config)
@@ -374,170 +435,265 @@ def run(config, workdir: str) -> dict:
     references = {
         t: _reference_features(net, ref_source, config, cache, t) for t, net in feature_nets
     }
-
     mesh = sharding.make_mesh()
-    params = sharding.replicate(backbone.params, mesh)
-    bconfig = backbone.config
+    return _Setup(
+        config=config,
+        workdir=workdir,
+        backbone=backbone,
+        source=source,
+        idx=idx,
+        gt=gt,
+        labels=labels,
+        k=k,
+        label_rows=label_rows,
+        labels_used=labels_used,
+        labels_note=labels_note,
+        mask_sets=mask_sets,
+        lpips_net=lpips_net,
+        extractor=extractor,
+        classifier_note=classifier_note,
+        inception_net=inception_net,
+        feature_nets=feature_nets,
+        ref_source=ref_source,
+        references=references,
+        mesh=mesh,
+        params=sharding.replicate(backbone.params, mesh),
+    )
 
-    def denoise_with_params(p, x, sigma, class_labels=None):
-        return backbones.denoise(p, x, sigma, class_labels, config=bconfig)
 
-    batch = int(config.eval.batch_size)
-    total_rows = n * k
-    num_batches = math.ceil(total_rows / batch)
-    base_key = jax.random.key(int(config.seed))
-    rows, per_image_all, grid_outputs = [], {}, {}
-    inpainters: dict[tuple[str, int], Callable] = {}
-    aid_cache: dict[str, object] = {}
-    executables: dict[tuple[str, int], Callable] = {}
-    compile_seconds: dict[tuple[str, int], float] = {}
+def _make_masks(config, workdir: pathlib.Path, names, gt, shape) -> dict[str, np.ndarray]:
+    """One fixed, seeded set per mask entry, shared by every method; saved, then every method's
+    input checks (hole and observed pixels in every image, ranges, shapes) run on the host
+    before anything is compiled."""
+    mask_sets = {}
+    (workdir / "masks").mkdir(exist_ok=True)
+    for name in names:
+        spec = config.masks[name].to_dict()
+        seed = int(config.eval.mask_seed)
+        m = masks.from_config(spec, gt.shape[0], shape[:2], seed=seed)
+        masks.save_masks(workdir / "masks" / f"{name}.npz", m, seed=seed, **spec)
+        methods.validate_inputs(m * gt, m, shape)
+        mask_sets[name] = m
+    return mask_sets
 
-    # Reference rows: ground truth and the observed image (hole = grey), per mask.
-    for mask_name, m in mask_sets.items():
+
+def _reference_rows(ev: _Setup) -> list[dict]:
+    """Per mask: the set-level metrics of the ground truth and of the observed image (hole =
+    grey), the rows every method is compared with."""
+    rows = []
+    for mask_name, m in ev.mask_sets.items():
         for ref in REFERENCE_ROWS:
-            x = gt if ref == "ground truth" else report.observed_view(gt, m)
+            x = ev.gt if ref == "ground truth" else image_lib.observed_view(ev.gt, m)
             row = {"mask": mask_name, "method": ref, "steps": 0, "nfe": 0, "nfe_backward": 0}
             row["seconds_per_image"] = 0.0
             row["metrics"] = {}
-            for t, net in feature_nets:
-                row["metrics"].update(_set_metrics(net(x), references[t], t, config))
+            for t, net in ev.feature_nets:
+                row["metrics"].update(_set_metrics(net(x), ev.references[t], t, ev.config))
             rows.append(row)
+    return rows
 
-    bar = tqdm(total=len(todo) * num_batches, desc="evaluate", unit="batch")
-    for mask_name, method_name, steps in todo:
-        entry = config.methods[method_name]
-        options = dict(entry.options.to_dict()) if "options" in entry else {}
-        options["num_steps"] = steps
-        if entry.method == "vipaint":  # one posterior per image, shared by its k sample rows
-            options["samples_per_fit"] = k
-        if (method_name, steps) not in inpainters and entry.method == "aid":
-            inpainters[(method_name, steps)] = _aid_inpainter(
-                entry, steps, backbone, aid_cache, mesh
+
+class _Programs:
+    """The built inpainters (``methods.make_inpainter``) and their ahead-of-time compiled
+    executables, one per (method entry, steps), shared by every mask."""
+
+    def __init__(self, ev: _Setup):
+        self.ev = ev
+        self.resources = methods.Resources(
+            backbone=ev.backbone, place=lambda p: sharding.replicate(p, ev.mesh)
+        )
+        self.inpainters: dict[tuple[str, int], methods.Inpainter] = {}
+        self.executables: dict[tuple[str, int], Any] = {}
+        self.compile_seconds: dict[tuple[str, int], float] = {}
+
+    def inpainter(self, name: str, steps: int) -> methods.Inpainter:
+        if (name, steps) not in self.inpainters:
+            bconfig = self.ev.backbone.config
+
+            def denoise_with_params(p, x, sigma, class_labels=None):
+                return backbones.denoise(p, x, sigma, class_labels, config=bconfig)
+
+            self.inpainters[(name, steps)] = methods.make_inpainter(
+                self.ev.config.methods[name].method,
+                denoise_with_params,
+                label_dim=self.ev.label_dim,
+                resources=self.resources,
+                **method_options(self.ev.config, name, steps),
             )
-        elif (method_name, steps) not in inpainters:
-            inpainters[(method_name, steps)] = baselines.make_inpainter(
-                entry.method, denoise_with_params, label_dim=label_dim, **options
-            )
-        fn = inpainters[(method_name, steps)]
-        fn_params = getattr(fn, "params", params)  # AID carries its own (replicated) bundle
-        m_rows = mask_sets[mask_name][rows_per_image]
-        y_rows = (m_rows * gt_rows).astype(np.float32)
-        # Keys depend on the mask's name (not its position), so a subset of masks reproduces.
-        mask_key = jax.random.fold_in(base_key, zlib.crc32(mask_name.encode()) & 0x7FFFFFFF)
-        outputs, seconds = [], 0.0
-        for b in range(num_batches):
-            sl = np.arange(b * batch, (b + 1) * batch) % total_rows  # pad the tail by wrapping
-            y_b = sharding.shard_batch(y_rows[sl], mesh)
-            m_b = sharding.shard_batch(m_rows[sl], mesh)
-            key_b = jax.random.fold_in(mask_key, b)
-            # Labels ride along only for a conditional backbone (unconditional: the 4-argument
-            # call, exactly as without labels).
-            extra = () if label_rows is None else (sharding.shard_batch(label_rows[sl], mesh),)
-            if (method_name, steps) not in executables:
-                # Ahead-of-time compile, timed on its own, so that no batch runs twice.
-                t0 = time.perf_counter()
-                executables[(method_name, steps)] = fn.jitted.lower(
-                    fn_params, y_b, m_b, key_b, *extra
-                ).compile()
-                compile_seconds[(method_name, steps)] = time.perf_counter() - t0
+        return self.inpainters[(name, steps)]
+
+    def executable(self, name: str, steps: int, *args):
+        """Compiled on first use and timed on its own, so that no batch runs twice."""
+        if (name, steps) not in self.executables:
             t0 = time.perf_counter()
-            res = executables[(method_name, steps)](fn_params, y_b, m_b, key_b, *extra)
-            x_b = np.asarray(jax.block_until_ready(res.x))
-            seconds += time.perf_counter() - t0
-            outputs.append(x_b)
-            bar.update(1)
-            bar.set_postfix_str(f"{mask_name}/{method_name}/{steps}")
-        nfe, nfe_bwd = int(fn.nfe), int(fn.nfe_backward)
-        x = np.concatenate(outputs)[:total_rows]
-        if not np.isfinite(x).all():
-            bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
-            print(
-                f"warning: {method_name} ({steps} steps, {mask_name}) gave {bad} non-finite images"
-            )
-            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-        x = np.clip(x, -1.0, 1.0)  # metrics on displayable images, as after saving to PNG
+            lowered = self.inpainter(name, steps).jitted.lower(*args)
+            self.executables[(name, steps)] = lowered.compile()
+            self.compile_seconds[(name, steps)] = time.perf_counter() - t0
+        return self.executables[(name, steps)]
 
-        if config.eval.save_outputs:
-            (workdir / "outputs").mkdir(exist_ok=True)
+
+def _evaluate(ev: _Setup, todo) -> tuple[list[dict], dict, dict]:
+    """Reference rows, then every job: (rows, per-image metrics by key, grid columns)."""
+    rows = _reference_rows(ev)
+    programs = _Programs(ev)
+    per_image_all, grid_outputs = {}, {}
+    bar = tqdm(total=len(todo) * ev.num_batches, desc="evaluate", unit="batch")
+    for mask_name, method_name, steps in todo:
+        x, seconds = _inpaint(ev, programs, mask_name, method_name, steps, bar)
+        x = _displayable(x, f"{method_name} ({steps} steps, {mask_name})")
+        if ev.config.eval.save_outputs:
+            (ev.workdir / "outputs").mkdir(exist_ok=True)
             np.savez_compressed(
-                workdir / "outputs" / f"{mask_name}__{method_name}__{steps}.npz",
+                ev.workdir / "outputs" / f"{mask_name}__{method_name}__{steps}.npz",
                 x=x,
-                rows_per_image=rows_per_image,
+                rows_per_image=ev.rows_per_image,
             )
-        per_image = _per_image_metrics(x, gt_rows, m_rows, lpips_net, batch)
-        if k > 1:
-            per_image["diversity"] = _diversity(x, m_rows, k, lpips_net)
+        fn = programs.inpainter(method_name, steps)
         row = {
             "mask": mask_name,
             "method": method_name,
             "steps": steps,
-            "nfe": nfe,
-            "nfe_backward": nfe_bwd,
-            "seconds_per_image": seconds / (num_batches * batch),
-            "compile_seconds": compile_seconds[(method_name, steps)],
-            "metrics": _summaries(per_image, k, config),
+            "nfe": int(fn.nfe),
+            "nfe_backward": int(fn.nfe_backward),
+            "seconds_per_image": seconds / (ev.num_batches * ev.batch),
+            "compile_seconds": programs.compile_seconds[(method_name, steps)],
         }
-        comp = m_rows * gt_rows + (1.0 - m_rows) * x
-        first = np.arange(0, total_rows, k)  # one sample per image for set-level metrics
-        for t, net in feature_nets:
-            row["metrics"].update(_set_metrics(net(comp[first]), references[t], t, config))
-            raw = _set_metrics(net(x[first]), references[t], t, config)
-            row["metrics"].update({f"{name}_raw": v for name, v in raw.items()})
-        if extractor is not None and labels is not None and (labels >= 0).all():
-            from aid_jax.metrics import classifier as clf
-
-            logits = clf.logits(extractor.params, comp[first])
-            correct = (logits.argmax(axis=1) == labels).astype(np.float64)
-            per_image["class_acc"] = correct
-            row["metrics"]["class_acc"] = report.bootstrap_ci(
-                correct, int(config.eval.bootstrap), seed=int(config.eval.seed)
-            )
+        per_image, row["metrics"], composites = _score(ev, x, mask_name)
         rows.append(row)
         for name, v in per_image.items():
             per_image_all[f"{mask_name}/{method_name}/{steps}/{name}"] = v
         # Keep the first images (sample 0) of the largest step count for the grids.
-        if steps == max(config.methods[method_name].steps):
-            grid_outputs[(mask_name, method_name)] = comp[first][: int(config.eval.grid_images)]
+        if steps == max(ev.config.methods[method_name].steps):
+            grid_outputs[(mask_name, method_name)] = composites[: int(ev.config.eval.grid_images)]
     bar.close()
+    return rows, per_image_all, grid_outputs
 
-    # ---- write everything
-    np.savez_compressed(workdir / "per_image.npz", **per_image_all)
-    for mask_name, m in mask_sets.items():
-        g = int(config.eval.grid_images)
-        cols = [
-            ("observed", report.observed_view(gt[:g], m[:g])),
-            ("mask", report.mask_as_image(m[:g])),
-        ]
-        cols += [(meth, grid_outputs[(mm, meth)]) for (mm, meth) in grid_outputs if mm == mask_name]
-        cols.append(("ground truth", gt[:g]))
-        img, names = report.comparison_grid(cols)
-        from aid_jax import images as image_lib
 
-        image_lib.save_png(img, workdir / f"grid_{mask_name}.png", upscale=config.eval.png_upscale)
-        (workdir / f"grid_{mask_name}.txt").write_text("columns: " + ", ".join(names) + "\n")
-    headline = config.report.headline_metric
-    if lpips_net is None and headline.startswith("lpips"):
+def _inpaint(ev: _Setup, programs: _Programs, mask_name, method_name, steps, bar):
+    """One method on every image row under one mask, batch by batch on the mesh: (raw outputs
+    ``[N·k, H, W, C]``, seconds of execution)."""
+    fn = programs.inpainter(method_name, steps)
+    fn_params = fn.call_params(ev.params)  # the backbone's, or the bundle a method brings
+    m_rows = ev.mask_sets[mask_name][ev.rows_per_image]
+    y_rows = (m_rows * ev.gt[ev.rows_per_image]).astype(np.float32)
+    # Keys depend on the mask's name (not its position), so a subset of masks reproduces.
+    base_key = jax.random.key(int(ev.config.seed))
+    mask_key = jax.random.fold_in(base_key, zlib.crc32(mask_name.encode()) & 0x7FFFFFFF)
+    outputs, seconds = [], 0.0
+    for b in range(ev.num_batches):
+        sl = np.arange(b * ev.batch, (b + 1) * ev.batch) % ev.total_rows  # pad the tail by wrapping
+        y_b = sharding.shard_batch(y_rows[sl], ev.mesh)
+        m_b = sharding.shard_batch(m_rows[sl], ev.mesh)
+        key_b = jax.random.fold_in(mask_key, b)
+        # Labels ride along only for a conditional backbone (unconditional: the 4-argument
+        # call, exactly as without labels).
+        extra = () if ev.label_rows is None else (sharding.shard_batch(ev.label_rows[sl], ev.mesh),)
+        exe = programs.executable(method_name, steps, fn_params, y_b, m_b, key_b, *extra)
+        t0 = time.perf_counter()
+        res = exe(fn_params, y_b, m_b, key_b, *extra)
+        x_b = np.asarray(jax.block_until_ready(res.x))
+        seconds += time.perf_counter() - t0
+        outputs.append(x_b)
+        bar.update(1)
+        bar.set_postfix_str(f"{mask_name}/{method_name}/{steps}")
+    return np.concatenate(outputs)[: ev.total_rows], seconds
+
+
+def _displayable(x: np.ndarray, what: str) -> np.ndarray:
+    """Non-finite values replaced (with a warning) and clipped to [-1, 1]: metrics on
+    displayable images, as after saving to PNG."""
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
+        print(f"warning: {what} gave {bad} non-finite images")
+        x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(x, -1.0, 1.0)
+
+
+def _score(ev: _Setup, x: np.ndarray, mask_name: str) -> tuple[dict, dict, np.ndarray]:
+    """(per-image metrics, summarised metrics, composites of sample 0 of every image)."""
+    config, k = ev.config, ev.k
+    m_rows = ev.mask_sets[mask_name][ev.rows_per_image]
+    gt_rows = ev.gt[ev.rows_per_image]
+    per_image = _per_image_metrics(x, gt_rows, m_rows, ev.lpips_net, ev.batch)
+    if k > 1:
+        per_image["diversity"] = _diversity(x, m_rows, k, ev.lpips_net)
+    metrics = _summaries(per_image, k, config)
+    comp = m_rows * gt_rows + (1.0 - m_rows) * x
+    first = np.arange(0, ev.total_rows, k)  # one sample per image for set-level metrics
+    for t, net in ev.feature_nets:
+        metrics.update(_set_metrics(net(comp[first]), ev.references[t], t, config))
+        raw = _set_metrics(net(x[first]), ev.references[t], t, config)
+        metrics.update({f"{name}_raw": v for name, v in raw.items()})
+    labels = ev.labels
+    if ev.extractor is not None and labels is not None and (labels >= 0).all():
+        from aid_jax.metrics import classifier as clf
+
+        logits = clf.logits(ev.extractor.params, comp[first])
+        correct = (logits.argmax(axis=1) == labels).astype(np.float64)
+        per_image["class_acc"] = correct
+        metrics["class_acc"] = report.bootstrap_ci(
+            correct, int(config.eval.bootstrap), seed=int(config.eval.seed)
+        )
+    return per_image, metrics, comp[first]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: per_image.npz, grids, the quality-vs-NFE plot, results.md, results.json
+
+
+def _write(ev: _Setup, rows: list[dict], per_image_all: dict, grid_outputs: dict) -> dict:
+    np.savez_compressed(ev.workdir / "per_image.npz", **per_image_all)
+    _write_grids(ev, grid_outputs)
+    headline = ev.config.report.headline_metric
+    if ev.lpips_net is None and headline.startswith("lpips"):
         headline = "psnr_hole"
     method_rows = [r for r in rows if r["method"] not in REFERENCE_ROWS]
     report.quality_vs_nfe_plot(
-        method_rows, headline, workdir / "quality_vs_nfe.png", title=backbone_name(backbone)
+        method_rows, headline, ev.workdir / "quality_vs_nfe.png", title=backbone_name(ev.backbone)
     )
+    (ev.workdir / "results.md").write_text(_markdown(ev, rows))
+    results = _results(ev, rows)
+    (ev.workdir / "results.json").write_text(
+        json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
+    )
+    print(f"wrote {ev.workdir / 'results.md'} and {ev.workdir / 'results.json'}")
+    return results
+
+
+def _write_grids(ev: _Setup, grid_outputs: dict) -> None:
+    """Per mask: rows = test images; columns = observed, mask, every method, ground truth."""
+    g = int(ev.config.eval.grid_images)
+    for mask_name, m in ev.mask_sets.items():
+        cols = [
+            ("observed", image_lib.observed_view(ev.gt[:g], m[:g])),
+            ("mask", image_lib.mask_as_image(m[:g])),
+        ]
+        cols += [(meth, grid_outputs[(mm, meth)]) for (mm, meth) in grid_outputs if mm == mask_name]
+        cols.append(("ground truth", ev.gt[:g]))
+        img, names = image_lib.comparison_grid(cols)
+        upscale = ev.config.eval.png_upscale
+        image_lib.save_png(img, ev.workdir / f"grid_{mask_name}.png", upscale=upscale)
+        (ev.workdir / f"grid_{mask_name}.txt").write_text("columns: " + ", ".join(names) + "\n")
+
+
+def _markdown(ev: _Setup, rows: list[dict]) -> str:
+    config = ev.config
     table_metrics = [m for m in config.report.table_metrics if any(m in r["metrics"] for r in rows)]
     md = [
-        f"# Inpainting evaluation — {backbone_name(backbone)}",
+        f"# Inpainting evaluation — {backbone_name(ev.backbone)}",
         "",
-        f"{n} test images of `{source.name}` (seeded subset, seed {config.eval.seed}), "
-        f"{k} sample(s) per image; masks seed {config.eval.mask_seed}; "
-        + (f"class labels {labels_note}; " if label_dim else "")
+        f"{ev.gt.shape[0]} test images of `{ev.source.name}` (seeded subset, seed "
+        f"{config.eval.seed}), {ev.k} sample(s) per image; masks seed {config.eval.mask_seed}; "
+        + (f"class labels {ev.labels_note}; " if ev.label_dim else "")
         + f"device {_device_description()}; {datetime.date.today().isoformat()}.",
         "Per-image metrics: mean [95% bootstrap CI over images]; KID ×1e3 ± std over subsets. "
         "`_full` = composited (paste-back) output, `_raw` = the method's own output.",
         "",
     ]
-    if classifier_note:
-        md += [f"Note: {classifier_note}.", ""]
-    for mask_name in mask_sets:
-        hole = float(1.0 - mask_sets[mask_name].mean())
+    if ev.classifier_note:
+        md += [f"Note: {ev.classifier_note}.", ""]
+    for mask_name, m in ev.mask_sets.items():
+        hole = float(1.0 - m.mean())
         md.append(
             report.markdown_table(
                 [r for r in rows if r["mask"] == mask_name],
@@ -545,43 +701,42 @@ def run(config, workdir: str) -> dict:
                 title=f"mask `{mask_name}` (hole fraction {hole:.3f})",
             )
         )
-    (workdir / "results.md").write_text("\n".join(md))
-    results = {
+    return "\n".join(md)
+
+
+def _results(ev: _Setup, rows: list[dict]) -> dict:
+    config = ev.config
+    return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": _device_description(),
         "backbone": {
             "path": str(config.backbone.get("path", "")),
-            "name": backbone_name(backbone),
-            "params_sha256": backbone.manifest.get("params_sha256"),
+            "name": backbone_name(ev.backbone),
+            "params_sha256": ev.backbone.manifest.get("params_sha256"),
         },
         "data": {
-            "name": source.name,
-            "indices": idx.tolist(),
-            "samples_per_image": k,
-            "labels": {"used": labels_used, "note": labels_note},
+            "name": ev.source.name,
+            "indices": ev.idx.tolist(),
+            "samples_per_image": ev.k,
+            "labels": {"used": ev.labels_used, "note": ev.labels_note},
         },
         "masks": {
             name: {"hole_fraction": float(1.0 - m.mean()), **config.masks[name].to_dict()}
-            for name, m in mask_sets.items()
+            for name, m in ev.mask_sets.items()
         },
         "metric_networks": {
             "lpips": config.metrics.lpips or None,
-            "classifier_sha256": extractor.sha256 if extractor is not None else None,
-            "inception_sha256": inception_net.sha256 if inception_net is not None else None,
+            "classifier_sha256": ev.extractor.sha256 if ev.extractor is not None else None,
+            "inception_sha256": ev.inception_net.sha256 if ev.inception_net is not None else None,
             "reference": {
-                "data": ref_source.name,
-                "num": int(min(config.metrics.reference_num, len(ref_source))),
+                "data": ev.ref_source.name,
+                "num": int(min(config.metrics.reference_num, len(ev.ref_source))),
             },
-            "note": classifier_note,
+            "note": ev.classifier_note,
         },
         "config": json.loads(config.to_json_best_effort()),
         "rows": rows,
     }
-    (workdir / "results.json").write_text(
-        json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
-    )
-    print(f"wrote {workdir / 'results.md'} and {workdir / 'results.json'}")
-    return results
 
 
 def backbone_name(backbone) -> str:

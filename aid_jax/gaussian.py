@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from aid_jax.sampling import DenoiseFn
 
 __all__ = [
     "GaussianWorld",
@@ -211,7 +212,7 @@ class GaussianWorld:
             out[i] = self.mean + self.cov @ np.linalg.solve(a, xf[i] - self.mean)
         return out.reshape(x.shape)
 
-    def denoiser(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def denoiser(self) -> DenoiseFn:
         """The exact denoiser as a float32 JAX function for samplers and inpainting methods.
 
         ``D(x [B, H, W, 1], sigma [B] or scalar) -> [B, H, W, 1]`` float32 with

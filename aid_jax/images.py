@@ -1,9 +1,11 @@
-"""Image helpers: [-1, 1] float NHWC <-> uint8, and PNG grids."""
+"""Image helpers, pure NumPy/PIL on the host: [-1, 1] float NHWC <-> uint8, grids (plain and
+side-by-side comparisons of named columns), the observed view of a masked image, PNG files."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -36,3 +38,39 @@ def save_png(image: np.ndarray, path: str | os.PathLike, upscale: int = 1) -> No
     if upscale > 1:
         pil = pil.resize((pil.width * upscale, pil.height * upscale), Image.NEAREST)
     pil.save(path)
+
+
+def observed_view(y: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """The observed image as a user sees it: known pixels, holes in mid grey (0 in [-1, 1])."""
+    return np.where(mask > 0.5, y, np.float32(fill)).astype(np.float32)
+
+
+def comparison_grid(
+    columns: Sequence[tuple[str, np.ndarray]], pad: int = 2
+) -> tuple[np.ndarray, list[str]]:
+    """Stack named columns of images ([N, H, W, C] in [-1, 1], or masks in {0, 1}) side by side.
+
+    Row i shows image i in every column (observed, mask, each method, ground truth). Returns the
+    uint8 grid and the column names (the caller writes them to a legend or caption).
+    """
+    if not columns:
+        raise ValueError("comparison_grid needs at least one column")
+    n = columns[0][1].shape[0]
+    shape = columns[0][1].shape[1:3]
+    channels = max(c[1].shape[-1] for c in columns)
+    tiles = []
+    for name, arr in columns:
+        if arr.shape[0] != n or arr.shape[1:3] != shape:
+            raise ValueError(f"column {name!r} has shape {arr.shape}; expected [{n}, {shape}, C]")
+        u8 = to_uint8(arr)
+        if u8.shape[-1] != channels:
+            u8 = np.repeat(u8[..., :1], channels, axis=-1)
+        tiles.append(u8)
+    # Interleave to row-major order: image 0 of every column, then image 1, ...
+    stacked = np.stack(tiles, axis=1).reshape(n * len(tiles), *tiles[0].shape[1:])
+    return grid(stacked, ncols=len(tiles), pad=pad), [c[0] for c in columns]
+
+
+def mask_as_image(mask: np.ndarray) -> np.ndarray:
+    """{0, 1} mask -> [-1, 1] image (known = white, hole = black) for grids."""
+    return (2.0 * np.asarray(mask, np.float32) - 1.0).astype(np.float32)

@@ -350,9 +350,9 @@ def _load_backbone(backbone):
 
 
 def _load_model(method: str, backbone, aid, steps, num_samples: int) -> _Model:
-    from aid_jax import baselines
+    from aid_jax import methods
 
-    names = (*baselines.METHODS, "aid")
+    names = tuple(methods.REGISTRY)
     if method not in names:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(names)}")
     if steps is not None:
@@ -389,12 +389,9 @@ def _load_model(method: str, backbone, aid, steps, num_samples: int) -> _Model:
         steps = (
             DEFAULT_STEPS
             if method == DEFAULT_METHOD
-            else baselines.method_options(method)["num_steps"]
+            else methods.method_options(method)["num_steps"]
         )
-    options = {"num_steps": steps}
-    if method == "vipaint":
-        options["samples_per_fit"] = num_samples
-    nfe, nfe_backward = baselines.method_cost(method, **options)
+    nfe, nfe_backward = methods.method_cost(method, **_options(method, steps, num_samples))
     return _Model(
         method,
         steps,
@@ -408,18 +405,29 @@ def _load_model(method: str, backbone, aid, steps, num_samples: int) -> _Model:
     )
 
 
+def _options(method: str, steps: int, num_samples: int) -> dict:
+    """A zero-shot method's options here: ``num_steps`` and, for a method whose sample rows
+    share work (VIPaint's one fit per image), its samples option = ``num_samples``."""
+    from aid_jax import methods
+
+    options = {"num_steps": steps}
+    samples_option = methods.get(method).samples_option
+    if samples_option:
+        options[samples_option] = num_samples
+    return options
+
+
 @functools.lru_cache(maxsize=16)
 def _inpainter(method: str, config, options: tuple):
-    """The jitted baseline, cached per (method, backbone config, options): repeated calls with
-    the same setup (a notebook, the tests) compile once. Parameters stay a call argument."""
-    from aid_jax import backbones, baselines
+    """The jitted baseline (an ``Inpainter``), cached per (method, backbone config, options):
+    repeated calls with the same setup (a notebook, the tests) compile once. Parameters stay a
+    call argument."""
+    from aid_jax import backbones, methods
 
     def denoise(params, x, sigma, labels=None):
         return backbones.denoise(params, x, sigma, labels, config=config)
 
-    return baselines.make_inpainter(
-        method, denoise, label_dim=int(config.label_dim), **dict(options)
-    )
+    return methods.make_inpainter(method, denoise, label_dim=int(config.label_dim), **dict(options))
 
 
 def _check_labels(labels, n: int, model: _Model) -> np.ndarray | None:
@@ -508,9 +516,7 @@ def _batch_runner(model: _Model, num_samples: int):
             return np.asarray(res.x)
 
         return run_aid
-    options = {"num_steps": model.steps}
-    if model.method == "vipaint":
-        options["samples_per_fit"] = num_samples
+    options = _options(model.method, model.steps, num_samples)
     fn = _inpainter(model.method, model.config, tuple(sorted(options.items())))
 
     def run_baseline(y, mask, key, rows):
@@ -575,8 +581,8 @@ def inpaint_images(
             opaque, have at most ``GREY_LIMIT`` (25 %) grey pixels (between 10 % and 90 % of
             white: anti-aliased edges, not a photo), and have both a hole and a known pixel.
         method: ``'ddnm'`` (default, 20 steps: the best method the project ships today at low
-            NFE, docs/RESULTS.md), any other name of ``aid_jax.baselines.METHODS``, or
-            ``'aid'`` (needs ``aid``).
+            NFE, docs/RESULTS.md), any other name of ``aid_jax.methods.REGISTRY``
+            (``'aid'`` needs ``aid``).
         backbone: A ported folder, an NVIDIA pickle or a ``Backbone``; default
             ``ported_weights/fashion_mnist_32`` (relative paths that do not exist from the
             working directory are looked up in the project's root). With ``method='aid'`` the
@@ -699,9 +705,9 @@ command line.
 
 
 def _parser():
-    from aid_jax import baselines
+    from aid_jax import methods
 
-    methods = (*baselines.METHODS, "aid")
+    names = tuple(methods.REGISTRY)
     p = argparse.ArgumentParser(
         prog=PROG,
         description=_DESCRIPTION,
@@ -730,7 +736,7 @@ def _parser():
     m = p.add_argument_group("method")
     m.add_argument(
         "--method",
-        choices=methods,
+        choices=names,
         default=DEFAULT_METHOD,
         help=f"inpainting method (default: {DEFAULT_METHOD} with {DEFAULT_STEPS} steps, the best "
         "method the project ships today at low NFE, docs/RESULTS.md; aid needs --aid)",

@@ -1,6 +1,7 @@
 """Entry point: `python -m aid_jax.main --config=configs/<name>.py[:variant] --workdir=runs/x`.
 
 Any config field can be overridden on the command line, e.g. `--config.sampler.num_steps=32`.
+`config.mode` picks one runner of `RUNNERS`; each imports what its mode needs on first use.
 """
 
 from absl import app, flags, logging
@@ -9,44 +10,65 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 
-MODES = ("sample", "pretrain", "export", "evaluate", "train_aid", "aid")
+
+def _sample(config, workdir: str) -> None:
+    from aid_jax import generate
+
+    generate.run(config, workdir)
+
+
+def _pretrain(config, workdir: str) -> None:
+    from aid_jax import pretrain
+
+    pretrain.train_and_evaluate(config, workdir)
+
+
+def _export(config, workdir: str) -> None:
+    from aid_jax import pretrain
+
+    out = pretrain.export_backbone(config, workdir, config.export.out)
+    print(f"exported the EMA weights of {workdir} to {out}")
+
+
+def _evaluate(config, workdir: str) -> None:
+    from aid_jax import evaluate
+
+    evaluate.run(evaluate.evaluation_config(config), workdir)
+
+
+def _train_aid(config, workdir: str) -> None:
+    """AID: train the guidance module (resuming if the workdir has a checkpoint)."""
+    from aid_jax.aid import train as aid_train
+
+    aid_train.train(config, workdir)
+
+
+def _aid(config, workdir: str) -> None:
+    """AID: train, then evaluate the module against the baselines into <workdir>/eval."""
+    from aid_jax import evaluate
+
+    _train_aid(config, workdir)
+    evaluate.run(evaluate.evaluation_config(config, workdir), f"{workdir}/eval")
+
+
+RUNNERS = {
+    "sample": _sample,
+    "pretrain": _pretrain,
+    "export": _export,
+    "evaluate": _evaluate,
+    "train_aid": _train_aid,
+    "aid": _aid,
+}
+MODES = tuple(RUNNERS)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
     config = _CONFIG.value
-    workdir = _WORKDIR.value or config.workdir
-    if config.mode == "sample":
-        from aid_jax import generate
-
-        generate.run(config, workdir)
-    elif config.mode == "pretrain":
-        from aid_jax import pretrain
-
-        pretrain.train_and_evaluate(config, workdir)
-    elif config.mode == "export":
-        from aid_jax import pretrain
-
-        out = pretrain.export_backbone(config, workdir, config.export.out)
-        print(f"exported the EMA weights of {workdir} to {out}")
-    elif config.mode == "evaluate":
-        from aid_jax import evaluate
-        from aid_jax.aid import train as aid_train
-
-        evaluate.run(aid_train.evaluation_config(config), workdir)
-    elif config.mode in ("train_aid", "aid"):
-        # AID: train the guidance module (resuming if the workdir has a checkpoint); "aid" then
-        # evaluates it against the baselines into <workdir>/eval.
-        from aid_jax import evaluate
-        from aid_jax.aid import train as aid_train
-
-        aid_train.train(config, workdir)
-        if config.mode == "aid":
-            out = evaluate.run(aid_train.evaluation_config(config, workdir), f"{workdir}/eval")
-            del out
-    else:
+    if config.mode not in RUNNERS:
         raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
+    RUNNERS[config.mode](config, _WORKDIR.value or config.workdir)
 
 
 if __name__ == "__main__":

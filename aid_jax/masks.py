@@ -501,8 +501,9 @@ def from_config(mask_config, num: int, image_size, seed: int) -> np.ndarray:
     return make_masks(kind, num, image_size, seed=seed, **options)
 
 
-def _as_batch(mask, name: str) -> np.ndarray:
-    """[H, W] / [H, W, 1] / [B, H, W, 1] -> numeric ndarray [B, H, W, 1] (shape checks only)."""
+def _as_batch(mask, name: str, channels: int = 1) -> np.ndarray:
+    """[H, W] / [H, W, 1] / [B, H, W, 1] -> numeric ndarray [B, H, W, 1] (shape checks only);
+    ``channels`` C > 1 also accepts per-channel masks [B, H, W, C]."""
     try:
         import jax
 
@@ -530,7 +531,7 @@ def _as_batch(mask, name: str) -> np.ndarray:
             )
         a = a[None]
     elif a.ndim == 4:
-        if a.shape[-1] != 1:
+        if a.shape[-1] not in (1, channels):
             raise ValueError(
                 f"{name} has shape {a.shape}: the channel dim must be 1 ({expected}); "
                 "a mask is shared by all channels of the image"
@@ -553,19 +554,24 @@ def _index_list(idx: np.ndarray) -> str:
     return f"[{shown}{', ...' if len(idx) > 10 else ''}]"
 
 
-def validate_mask(mask, image_shape=None, *, name: str = "mask") -> np.ndarray:
+def validate_mask(
+    mask, image_shape=None, *, name: str = "mask", per_channel: bool = False
+) -> np.ndarray:
     """Check a mask at a public API boundary and return it as float32 [B, H, W, 1].
 
     Accepts [H, W], [H, W, 1] or [B, H, W, 1] (numeric or bool, 1 = known, 0 = hole).
     ``image_shape`` (or an array with ``.shape``) is (H, W), (H, W, C) or (B, H, W, C); the mask
-    must match its H, W, and its batch (a single mask is broadcast to B images). Raises
-    ``ValueError`` naming the problem: shape, size, NaN/inf, values other than 0/1, or a mask
-    (batch index given) with no hole or no known pixel.
+    must match its H, W, and its batch (a single mask is broadcast to B images). With
+    ``per_channel=True`` and an ``image_shape`` that gives C, a [B, H, W, C] mask (one value per
+    channel) is accepted too and returned as float32 [B, H, W, C]. Raises ``ValueError`` naming
+    the problem: shape, size, NaN/inf, values other than 0/1, or a mask (batch index given) with
+    no hole or no known pixel.
     """
-    a = _as_batch(mask, name)
+    shape = None if image_shape is None else tuple(getattr(image_shape, "shape", image_shape))
+    channels = int(shape[-1]) if per_channel and shape and len(shape) in (3, 4) else 1
+    a = _as_batch(mask, name, channels)
     b, h, w, _ = a.shape
     if image_shape is not None:
-        shape = tuple(getattr(image_shape, "shape", image_shape))
         if len(shape) not in (2, 3, 4):
             raise ValueError(
                 f"image_shape must be (H, W), (H, W, C) or (B, H, W, C); got {image_shape!r}"
@@ -583,7 +589,7 @@ def validate_mask(mask, image_shape=None, *, name: str = "mask") -> np.ndarray:
                     f"{name} has batch {b} (shape {a.shape}) but there are {img_b} images "
                     f"(shape {shape}); give one mask per image or a single mask for all"
                 )
-            a = np.broadcast_to(a, (img_b, h, w, 1))
+            a = np.broadcast_to(a, (img_b, h, w, a.shape[-1]))
     if np.issubdtype(a.dtype, np.floating):
         nan = np.isnan(a)
         if nan.any():
@@ -601,7 +607,8 @@ def validate_mask(mask, image_shape=None, *, name: str = "mask") -> np.ndarray:
             else ""
         )
         raise ValueError(
-            f"{name} must contain only 0 (hole) and 1 (known), but {odd.sum()} values are "
+            f"{name} is not binary: it must contain only 0 (hole) and 1 (known), but "
+            f"{odd.sum()} values are "
             f"other than 0/1 ({len(values)} distinct: {shown}{', ...' if len(values) > 5 else ''})"
             f".{hint} Threshold it first, e.g. (mask > 0.5).astype(np.float32)."
         )

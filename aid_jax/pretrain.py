@@ -2,41 +2,35 @@
 
     python -m aid_jax.main --config=configs/pretrain_fashion_mnist.py --workdir=runs/pretrain
 
-One readable trainer in banner sections (big_vision style): config -> mesh -> data -> model and
-optimiser -> update step -> restore -> loop. The batch of step s is a pure function of (seed, s)
-and the PRNG key of step s is fold_in(key, s), so a run killed at any moment resumes from its last
-checkpoint and continues exactly as an uninterrupted run would.
+This module holds what is pretraining's own: the model and optimiser, the state, the update step
+(EDM loss, Adam with warm-up, EMA), the step's inputs and the EMA sample grids (`make_trainer`).
+The run around them (replication on the mesh, jit with donation, restore with a config
+fingerprint, the loop with progress bar, metrics, NaN guard and checkpoints) is
+aid_jax.train_loop's, shared with the AID trainer. The batch of step s is a pure function of
+(seed, s) and the PRNG key of step s is fold_in(key, s), so a run killed at any moment resumes
+from its last checkpoint and continues exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import pathlib
 import shutil
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from aid_jax import checkpoint, images, losses, sampling, sharding
+from aid_jax import checkpoint, images, losses, sampling, sharding, train_loop
 from aid_jax.backbones import edm, loader
-from aid_jax.data import pipeline, sources
-from aid_jax.writers import MetricWriter, write_parameter_overview
+from aid_jax.data import sources
 
 # Config groups that define the run: resuming with different values is an error.
 RUN_DEFINING = ("seed", "model", "data", "optim", "loss", "train.batch_size")
 
 
 ResumeError = checkpoint.ResumeError
-
-
-def run_fingerprint(config) -> dict:
-    return checkpoint.config_fingerprint(config, RUN_DEFINING)
 
 
 def backbone_config(config) -> edm.EDMConfig:
@@ -129,13 +123,9 @@ def init_state(config, net, tx, key):
     return assemble(params)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train (or resume) in `workdir`; returns the final state and a summary."""
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-
-    # ------------------------------------------------------------------ mesh and data
-    mesh = sharding.make_mesh()
+def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
+    """The pretraining run for aid_jax.train_loop: checks, state, step, inputs, sample hook."""
+    # ------------------------------------------------------------------ data
     source = sources.make_source(config.data)
     net = backbone_config(config)
     if source.image_shape != (net.img_resolution, net.img_resolution, net.img_channels):
@@ -151,98 +141,45 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tx = make_optimizer(config)
     root_key = jax.random.key(config.seed)
     init_key, train_key, sample_key = jax.random.split(root_key, 3)
-    state = init_state(config, net, tx, init_key)
-    state = sharding.replicate(state, mesh)
-    replicated = sharding.replicated(mesh)
-    state_sharding = jax.tree.map(lambda _: replicated, state)
 
-    # ------------------------------------------------------------------ update step
-    train_step = jax.jit(
-        make_train_step(config, net, tx),
-        donate_argnums=0,  # the old state's buffers are reused for the new one
-        out_shardings=(state_sharding, replicated),
-    )
+    def inputs_at(step):
+        x = train_loop.host_images(source, step, batch, config.seed)
+        return (*train_loop.global_batch(mesh, x), train_key)
 
-    # ------------------------------------------------------------------ restore
-    # Resume order: this workdir's newest checkpoint > train.resume_from (a saved step folder,
-    # e.g. the training state shipped next to the exported backbone) > from scratch.
-    _seed_workdir(workdir, config.train.get("resume_from", ""))
-    manager = checkpoint.make_manager(workdir / "checkpoints", max_to_keep=config.train.keep)
-    fingerprint = run_fingerprint(config)
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
-    )
-    restored = checkpoint.restore_run(manager, abstract, fingerprint, workdir)
-    if restored is not None:
-        step0, state, meta = restored
-        print(f"resumed from step {step0} in {workdir}")
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
-    write_parameter_overview(workdir, denoiser=state["params"])
-
-    # ------------------------------------------------------------------ loop
-    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+    # ------------------------------------------------------------------ EMA sample grids
     draw = loader.make_sampler(
         net, sampling.SamplerConfig(solver="heun", num_steps=config.train.sample_steps)
     )
     latents = jax.random.normal(sample_key, (config.train.num_samples, *source.image_shape))
-    stop = {"flag": False}
 
-    def request_stop(signum, frame):  # SIGTERM: finish the step, checkpoint, exit cleanly
-        stop["flag"] = True
+    def write_samples(step, state, writer):
+        if config.train.sample_every and step % config.train.sample_every == 0:
+            x = np.asarray(draw(state["ema"], latents))
+            train_loop.save_grid(writer, step, "samples", images.grid(images.to_uint8(x)))
 
-    old_handler = signal.signal(signal.SIGTERM, request_stop)
-    start = int(jax.device_get(state["step"]))
-    num_steps = config.train.num_steps
-    meta = dict(fingerprint=fingerprint, date=datetime.datetime.now().isoformat())
-    t0, last_logged = time.perf_counter(), start
-    bar = tqdm(total=num_steps, initial=start, desc="pretrain", unit="step", smoothing=0.05)
-    step = start
-    try:
-        while step < num_steps and not stop["flag"]:
-            host_batch = pipeline.batch_at(
-                source,
-                step,
-                batch_size=batch,
-                seed=config.seed,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
-            images_global = jax.make_array_from_process_local_data(
-                sharding.batch_sharding(mesh), host_batch["image"]
-            )
-            state, metrics = train_step(state, images_global, train_key)
-            step += 1
-            bar.update(1)
-            if step % config.train.log_every == 0 or step == num_steps:
-                metrics = jax.device_get(metrics)  # the only host sync, every log_every steps
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; stopping")
-                elapsed = time.perf_counter() - t0
-                metrics["steps_per_s"] = (step - last_logged) / max(elapsed, 1e-9)
-                t0, last_logged = time.perf_counter(), step
-                writer.write_scalars(step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if step % config.train.checkpoint_every == 0:
-                checkpoint.save_train_state(manager, step, state, meta)
-            if config.train.sample_every and step % config.train.sample_every == 0:
-                _write_samples(draw, state["ema"], latents, workdir, step, writer)
-    except KeyboardInterrupt:
-        stop["flag"] = True
-    finally:
-        bar.close()
-        signal.signal(signal.SIGTERM, old_handler)
-        # Whatever ended the loop (done, SIGTERM, Ctrl-C, an error), keep the progress made.
-        if manager.latest_step() != step and bool(jnp.isfinite(state["step"])):
-            checkpoint.save_train_state(manager, step, state, meta)
-        manager.close()
-        writer.close()
-    return {
-        "state": state,
-        "step": step,
-        "config": net,
-        "workdir": str(workdir),
-        "train_step": train_step,
-    }
+    return train_loop.Trainer(
+        name="pretrain",
+        config=config,
+        run_defining=RUN_DEFINING,
+        mesh=mesh,
+        init_state=lambda: init_state(config, net, tx, init_key),
+        step_fn=make_train_step(config, net, tx),
+        inputs_at=inputs_at,
+        loss="loss",
+        parameters=lambda state: dict(denoiser=state["params"]),
+        postfix=lambda metrics: dict(loss=f"{metrics['loss']:.4f}"),
+        on_step=write_samples,
+        summary=dict(config=net),
+    )
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train (or resume) in `workdir`; returns the final state and a summary."""
+    trainer = make_trainer(config, sharding.make_mesh())
+    # Resume order: this workdir's newest checkpoint > train.resume_from (a saved step folder,
+    # e.g. the training state shipped next to the exported backbone) > from scratch.
+    _seed_workdir(pathlib.Path(workdir), config.train.get("resume_from", ""))
+    return train_loop.run(trainer, workdir)
 
 
 def _seed_workdir(workdir: pathlib.Path, resume_from: str) -> None:
@@ -266,14 +203,6 @@ def _seed_workdir(workdir: pathlib.Path, resume_from: str) -> None:
     ckpts.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, ckpts / src.name)
     print(f"seeded {ckpts} with {src}")
-
-
-def _write_samples(draw, ema_params, latents, workdir, step, writer):
-    x = np.asarray(draw(ema_params, latents))
-    grid = images.grid(images.to_uint8(x))
-    (workdir / "samples").mkdir(exist_ok=True)
-    images.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", upscale=2)
-    writer.write_images(step, {"samples": grid})
 
 
 def export_backbone(config, workdir: str, out: str, *, quality: dict | None = None) -> pathlib.Path:
@@ -320,5 +249,6 @@ __all__ = [
     "backbone_config",
     "export_backbone",
     "make_train_step",
+    "make_trainer",
     "train_and_evaluate",
 ]

@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from aid_jax import images as image_lib
+# The image-grid helpers live in aid_jax.images (the trainers use them too); re-exported here.
+from aid_jax.images import comparison_grid as comparison_grid
+from aid_jax.images import mask_as_image as mask_as_image
+from aid_jax.images import observed_view as observed_view
 
 # Metrics where lower is better (everything else: higher is better).
 LOWER_IS_BETTER = ("lpips", "fid", "kid", "rmse", "w2", "seconds")
@@ -151,39 +154,3 @@ def quality_vs_nfe_plot(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def observed_view(y: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    """The observed image as a user sees it: known pixels, holes in mid grey (0 in [-1, 1])."""
-    return np.where(mask > 0.5, y, np.float32(fill)).astype(np.float32)
-
-
-def comparison_grid(
-    columns: Sequence[tuple[str, np.ndarray]], pad: int = 2
-) -> tuple[np.ndarray, list[str]]:
-    """Stack named columns of images ([N, H, W, C] in [-1, 1], or masks in {0, 1}) side by side.
-
-    Row i shows image i in every column (observed, mask, each method, ground truth). Returns the
-    uint8 grid and the column names (the caller writes them to a legend or caption).
-    """
-    if not columns:
-        raise ValueError("comparison_grid needs at least one column")
-    n = columns[0][1].shape[0]
-    shape = columns[0][1].shape[1:3]
-    channels = max(c[1].shape[-1] for c in columns)
-    tiles = []
-    for name, arr in columns:
-        if arr.shape[0] != n or arr.shape[1:3] != shape:
-            raise ValueError(f"column {name!r} has shape {arr.shape}; expected [{n}, {shape}, C]")
-        u8 = image_lib.to_uint8(arr)
-        if u8.shape[-1] != channels:
-            u8 = np.repeat(u8[..., :1], channels, axis=-1)
-        tiles.append(u8)
-    # Interleave to row-major order: image 0 of every column, then image 1, ...
-    stacked = np.stack(tiles, axis=1).reshape(n * len(tiles), *tiles[0].shape[1:])
-    return image_lib.grid(stacked, ncols=len(tiles), pad=pad), [c[0] for c in columns]
-
-
-def mask_as_image(mask: np.ndarray) -> np.ndarray:
-    """{0, 1} mask -> [-1, 1] image (known = white, hole = black) for grids."""
-    return (2.0 * np.asarray(mask, np.float32) - 1.0).astype(np.float32)

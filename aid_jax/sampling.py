@@ -5,9 +5,10 @@ The probability-flow ODE of the EDM formulation (sigma(t) = t, s(t) = 1) is
 
     dx/dsigma = (x - D(x; sigma)) / sigma,
 
-integrated from sigma_max down to 0 on the rho-schedule of EDM Eq. 5. :func:`sample` implements EDM
-Algorithm 2 (deterministic Heun for ``S_churn = 0``, Algorithm 1), with the last step (to sigma = 0)
-taken as a plain Euler step, so a Heun sampler with N steps costs 2N - 1 denoiser evaluations.
+integrated from sigma_max down to 0 on the rho-schedule of EDM Eq. 5 (:class:`EDMSchedule`).
+:func:`sample` implements EDM Algorithm 2 (deterministic Heun for ``S_churn = 0``, Algorithm 1),
+with the last step (to sigma = 0) taken as a plain Euler step, so a Heun sampler with N steps
+costs 2N - 1 denoiser evaluations.
 
 All samplers share one signature and are jit-friendly: the step loop is a ``lax.scan`` (the
 denoiser is traced twice per solver, not once per step), the config is static and nothing syncs
@@ -18,15 +19,27 @@ float32. :func:`sample` keeps the state in float32 throughout; on the ``edm_samp
 this changes the result by at most 4e-6 relative to max|x|, far below the 1e-4 port tolerance.
 :func:`integrate` keeps whatever floating dtype it is given (float64 under ``jax.enable_x64``).
 
-Guidance hook: ``extra_drift(x, sigma, denoised)`` is added to the ODE derivative at every
-derivative evaluation (both Heun stages), i.e. the solver integrates
-``dx/dsigma = (x - D)/sigma + extra_drift(x, sigma, D)``. AID's guidance plugs in here.
+Clocks. :func:`integrate` steps either in sigma itself (``clock='sigma'``, EDM:
+x_{i+1} = x_i + (sigma_{i+1} - sigma_i) dx/dsigma) or on the uniform *step clock* r_i = i/N
+(``clock='step'``, AID.md §2: on step i sigma moves linearly in r, dsigma/dr =
+N (sigma_{i+1} - sigma_i), and x_{i+1} = x_i + dx/dr / N with dx/dr = (dsigma/dr)(x - D)/sigma).
+Both are the same ODE; they differ in what an added drift means (a term of dx/dsigma or of
+dx/dr) and in the rounding of the update.
+
+Drift hook: ``extra_drift(k, r, sigma, x, denoised, ds_dr)`` (:data:`DriftFn`) is added to the
+derivative of the clock at every derivative evaluation (both Heun stages) and sees the step index,
+the step clock, the noise level, the state, D(x; sigma) and the step's dsigma/dr; with
+``has_aux=True`` it returns ``(drift, aux)`` and :func:`integrate` stacks each step's first-stage
+``aux`` along a leading step axis. AID's guidance and its training rollouts plug in here
+(:mod:`aid_jax.aid.control`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -35,25 +48,37 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "CLOCKS",
     "DenoiseFn",
     "DriftFn",
+    "EDMSchedule",
+    "SCHEDULE_FIELDS",
     "SOLVERS",
     "SampleResult",
     "SamplerConfig",
     "edm_sigmas",
+    "euler_update",
     "integrate",
     "make_sampler",
     "nfe",
+    "ode_slope",
     "sample",
+    "schedule_aliases",
+    "step_clock",
 ]
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 """``denoise(x [B,...], sigma [B]) -> D(x; sigma)`` with the shape of ``x``."""
 
-DriftFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-"""``extra_drift(x [B,...], sigma (0-d), denoised [B,...]) -> term added to dx/dsigma``."""
+DriftFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], Any]
+"""``extra_drift(k int32 0-d, r 0-d, sigma 0-d, x [B,...], denoised [B,...], ds_dr 0-d)
+-> drift [B,...]`` (or ``(drift, aux)`` with ``has_aux=True``): the term added to the clock's
+derivative. ``r`` = k/N is the step clock, ``ds_dr`` = N(sigma_{k+1} - sigma_k) the current step's
+dsigma/dr (the same at both Heun stages; the second stage sees k + 1, r_{k+1}, sigma_{k+1}).
+AID's guidance closures ``mu(k, r, sigma, x, D, ds_dr)`` have exactly this signature."""
 
 SOLVERS = ("heun", "euler")
+CLOCKS = ("sigma", "step")
 
 # Largest per-step churn of EDM Alg. 2: gamma_i <= sqrt(2) - 1, i.e. sigma_hat <= sqrt(2) sigma.
 _MAX_GAMMA = math.sqrt(2.0) - 1.0
@@ -64,16 +89,21 @@ _MAX_GAMMA = math.sqrt(2.0) - 1.0
 # --------------------------------------------------------------------------------------------
 
 
+def _check_schedule(sigma_min: float, sigma_max: float, rho: float) -> None:
+    if not 0.0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(
+            "expected 0 < sigma_min < sigma_max < inf, got "
+            f"sigma_min={sigma_min}, sigma_max={sigma_max}"
+        )
+    if not rho > 0.0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+
+
 def _edm_sigmas_f64(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> np.ndarray:
     """EDM Eq. 5 time steps in float64 NumPy, with the trailing sigma_N = 0."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not 0.0 < sigma_min < sigma_max:
-        raise ValueError(
-            f"expected 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
-        )
-    if not rho > 0.0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+    _check_schedule(sigma_min, sigma_max, rho)
     i = np.arange(num_steps, dtype=np.float64)
     # With a single step the schedule is just [sigma_max] (EDM's i / (N - 1) would be 0 / 0).
     frac = i / (num_steps - 1) if num_steps > 1 else np.zeros_like(i)
@@ -89,7 +119,8 @@ def edm_sigmas(
 
     sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for
     i = 0..N-1 and sigma_N = 0. Computed in float64 NumPy (as EDM does) and cast to float32. For
-    ``num_steps == 1`` the schedule is ``[sigma_max, 0]``.
+    ``num_steps == 1`` the schedule is ``[sigma_max, 0]``. ``EDMSchedule(...).sigmas(N)`` is the
+    same with the three constants kept together.
 
     Args:
         num_steps: Number of sampler steps N (>= 1).
@@ -101,9 +132,91 @@ def edm_sigmas(
         Float32 array of shape ``[num_steps + 1]``, decreasing, ending with 0.
 
     Raises:
-        ValueError: If ``num_steps < 1``, ``not 0 < sigma_min < sigma_max`` or ``rho <= 0``.
+        ValueError: If ``num_steps < 1``, ``not 0 < sigma_min < sigma_max < inf`` or
+            ``rho <= 0``.
     """
     return jnp.asarray(_edm_sigmas_f64(num_steps, sigma_min, sigma_max, rho), dtype=jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMSchedule:
+    """The EDM rho-schedule (EDM Eq. 5): the noise levels a sampler visits.
+
+    Hashable, so configs holding it stay static ``jax.jit`` arguments. Validated on construction.
+
+    Attributes:
+        sigma_min: Smallest positive noise level sigma_{N-1}.
+        sigma_max: Largest noise level sigma_0, where sampling starts.
+        rho: Schedule exponent (7 in EDM).
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    def __post_init__(self) -> None:
+        _check_schedule(self.sigma_min, self.sigma_max, self.rho)
+
+    def sigmas(self, num_steps: int) -> jax.Array:
+        """The float32 time steps ``[num_steps + 1]`` ending with 0 (:func:`edm_sigmas`)."""
+        return edm_sigmas(num_steps, self.sigma_min, self.sigma_max, self.rho)
+
+    def sigmas_f64(self, num_steps: int) -> np.ndarray:
+        """The same time steps in float64 NumPy (before the cast to float32)."""
+        return _edm_sigmas_f64(num_steps, self.sigma_min, self.sigma_max, self.rho)
+
+
+SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(EDMSchedule))
+
+
+def schedule_aliases(cls: type) -> type:
+    """Class decorator for a frozen dataclass config that holds an :class:`EDMSchedule`, either
+    nested (a ``schedule`` field) or flat (``sigma_min``, ``sigma_max``, ``rho`` fields).
+
+    Either way the constructor takes both spellings, ``schedule=EDMSchedule(...)`` and the flat
+    keywords, which replace those fields of the given schedule (else of the default one); and
+    both read back: the flat names are properties of a nested config, ``schedule`` a property of
+    a flat one. So ``Config(**config_dict.to_dict())`` with the flat keys of an ml-collections
+    config (``--config.aid.sigma_min=...``), ``dataclasses.replace(cfg, sigma_max=...)`` and
+    ``Config(schedule=...)`` all work; equality, hashing and ``dataclasses.fields`` see the
+    stored layout only. The schedule is validated on construction.
+    """
+    nested = "schedule" in {f.name for f in dataclasses.fields(cls)}
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        flat = {name: kwargs.pop(name) for name in SCHEDULE_FIELDS if name in kwargs}
+        schedule = kwargs.pop("schedule", None)
+        if schedule is not None and not isinstance(schedule, EDMSchedule):
+            raise ValueError(f"schedule must be an EDMSchedule, got {schedule!r}")
+        if flat or schedule is not None:
+            schedule = dataclasses.replace(schedule or EDMSchedule(), **flat)
+            if nested:
+                kwargs["schedule"] = schedule
+            else:
+                kwargs.update(dataclasses.asdict(schedule))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    if nested:
+        for name in SCHEDULE_FIELDS:
+            getter = operator.attrgetter(f"schedule.{name}")
+            setattr(cls, name, property(getter, doc=f"``schedule.{name}`` (read-only)."))
+    else:
+
+        def schedule_of(self) -> EDMSchedule:
+            return EDMSchedule(**{name: getattr(self, name) for name in SCHEDULE_FIELDS})
+
+        cls.schedule = property(schedule_of, doc="The flat fields as an :class:`EDMSchedule`.")
+    return cls
+
+
+def step_clock(num_steps: int) -> jax.Array:
+    """The step clock r_k = k/K, k = 0..K, float32 ``[K + 1]`` (r_0 = 0, r_K = T = 1)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    return jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,16 +224,20 @@ def edm_sigmas(
 # --------------------------------------------------------------------------------------------
 
 
+@schedule_aliases
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     """Static sampler settings (hashable, so usable as a static ``jax.jit`` argument).
 
+    The schedule is stored flat, like the sampler's record (``config.sampler`` and the
+    ``summary.json`` of ``generate``); ``schedule`` is its :class:`EDMSchedule`, and
+    ``SamplerConfig(schedule=...)`` works too (:func:`schedule_aliases`).
+
     Attributes:
         solver: ``'heun'`` (EDM Alg. 2, 2nd order) or ``'euler'`` (1st order).
         num_steps: Number of steps N; the schedule has N + 1 noise levels ending with 0.
-        sigma_min: Smallest positive noise level of the schedule.
-        sigma_max: Initial noise level sigma_0.
-        rho: Exponent of the EDM time-step schedule.
+        sigma_min, sigma_max, rho: The :class:`EDMSchedule` (smallest positive noise level,
+            initial noise level sigma_0, exponent).
         S_churn: Total stochasticity; per-step gamma = min(S_churn / N, sqrt(2) - 1). 0 gives the
             deterministic sampler.
         S_min: Churn is applied only where S_min <= sigma_i ...
@@ -130,9 +247,9 @@ class SamplerConfig:
 
     solver: str = "heun"
     num_steps: int = 18
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
+    sigma_min: float = EDMSchedule.sigma_min
+    sigma_max: float = EDMSchedule.sigma_max
+    rho: float = EDMSchedule.rho
     S_churn: float = 0.0
     S_min: float = 0.0
     S_max: float = float("inf")
@@ -145,13 +262,7 @@ class SamplerConfig:
             raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if not 0.0 < self.sigma_min < self.sigma_max < math.inf:
-            raise ValueError(
-                "expected 0 < sigma_min < sigma_max < inf, got "
-                f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
-            )
-        if not self.rho > 0.0:
-            raise ValueError(f"rho must be > 0, got {self.rho}")
+        _check_schedule(self.sigma_min, self.sigma_max, self.rho)
         if not self.S_churn >= 0.0:
             raise ValueError(f"S_churn must be >= 0 (0 = deterministic), got {self.S_churn}")
         if not self.S_min <= self.S_max:
@@ -169,7 +280,7 @@ class SamplerConfig:
 
     def sigmas(self) -> jax.Array:
         """The float32 time steps of this config, ``[num_steps + 1]`` (see :func:`edm_sigmas`)."""
-        return edm_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho)
+        return self.schedule.sigmas(self.num_steps)
 
 
 def nfe(config: SamplerConfig) -> int:
@@ -220,6 +331,41 @@ def _churn_gammas(
     return jnp.where(inside, jnp.asarray(gamma, dtype), jnp.zeros((), dtype))
 
 
+def ode_slope(
+    x: jax.Array, denoised: jax.Array, sigma: jax.Array, ds_dr: jax.Array | None = None
+) -> jax.Array:
+    """The probability-flow derivative on a clock (EDM Alg. 2, lines 7 and 10; AID.md §2).
+
+    Args:
+        x: State ``[B, ...]`` at noise level ``sigma``.
+        denoised: D(x; sigma), same shape.
+        sigma: Noise level (> 0), 0-d or broadcastable to ``x``.
+        ds_dr: None for the sigma clock; dsigma/dr of the step for the step clock.
+
+    Returns:
+        dx/dsigma = (x - D)/sigma, or dx/dr = (dsigma/dr)(x - D)/sigma.
+    """
+    if ds_dr is None:
+        return (x - denoised) / sigma
+    return ds_dr * (x - denoised) / sigma
+
+
+def euler_update(
+    x: jax.Array, slope: jax.Array, *, h: jax.Array | None = None, num_steps: int | None = None
+) -> jax.Array:
+    """x + (clock increment)·slope: ``x + h·slope`` on the sigma clock (h = sigma_next - sigma),
+    ``x + slope / N`` on the step clock (Δr = 1/N). Pass exactly one of ``h`` and ``num_steps``.
+
+    The Euler step takes the slope at the start; Heun's correction takes the mean of both
+    stages' slopes (EDM Alg. 2, line 11).
+    """
+    if (h is None) == (num_steps is None):
+        raise ValueError("pass exactly one of h (sigma clock) and num_steps (step clock)")
+    if h is None:
+        return x + slope / num_steps
+    return x + h * slope
+
+
 def integrate(
     denoise: DenoiseFn,
     x: jax.Array,
@@ -232,8 +378,10 @@ def integrate(
     S_max: float = float("inf"),
     S_noise: float = 1.0,
     extra_drift: DriftFn | None = None,
+    has_aux: bool = False,
+    clock: str = "sigma",
     return_trajectory: bool = False,
-) -> tuple[jax.Array, jax.Array | None]:
+) -> tuple[jax.Array, jax.Array | None] | tuple[jax.Array, jax.Array | None, Any]:
     """Integrates the probability-flow ODE from ``sigmas[0]`` to ``sigmas[-1]`` (EDM Alg. 2).
 
     Runs on the given grid as is: ``x`` is the state at ``sigmas[0]`` (not rescaled). Each step
@@ -242,11 +390,13 @@ def integrate(
     1. churn (EDM Alg. 2, lines 4-6): sigma_hat = sigma_i (1 + gamma_i),
        x_hat = x_i + sqrt(sigma_hat^2 - sigma_i^2) S_noise eps, eps ~ N(0, I) from
        ``fold_in(key, i)``; skipped entirely (no noise drawn) when ``S_churn == 0``;
-    2. Euler step (lines 7-8): d = (x_hat - D(x_hat; sigma_hat)) / sigma_hat [+ extra_drift],
-       x_{i+1} = x_hat + (sigma_{i+1} - sigma_hat) d;
+    2. Euler step (lines 7-8): f = slope of the clock at (x_hat, sigma_hat) [+ extra_drift],
+       x_{i+1} = x_hat + Δt f with Δt = sigma_{i+1} - sigma_hat (sigma clock, f = dx/dsigma) or
+       Δr = 1/N (step clock, f = dx/dr = (dsigma/dr)(x - D)/sigma, dsigma/dr =
+       N (sigma_{i+1} - sigma_hat));
     3. for ``solver='heun'`` and sigma_{i+1} > 0, the 2nd-order correction (lines 9-11):
-       d' = derivative at (x_{i+1}, sigma_{i+1}),
-       x_{i+1} = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2.
+       f' = slope at (x_{i+1}, sigma_{i+1}) with the same Δt (and dsigma/dr),
+       x_{i+1} = x_hat + Δt (f + f') / 2.
        A step ending at sigma = 0 stays Euler (the derivative is undefined there), which is EDM's
        last step; on a grid ending at a positive sigma every step is Heun.
 
@@ -264,19 +414,29 @@ def integrate(
         S_min: Lower end of the sigma window where churn is applied.
         S_max: Upper end of that window.
         S_noise: Noise inflation of the churn.
-        extra_drift: Optional ``f(x, sigma (0-d), D) -> [B,...]`` added to dx/dsigma at every
-            derivative evaluation. None adds nothing (and traces nothing extra).
+        extra_drift: Optional :data:`DriftFn` ``f(k, r, sigma, x, D, ds_dr)`` added to the
+            clock's derivative at every derivative evaluation. None adds nothing (and traces
+            nothing extra).
+        has_aux: ``extra_drift`` returns ``(drift, aux)``; each step's first-stage ``aux`` (at
+            (x_hat, sigma_hat), the state the step starts from) is stacked along a new leading
+            axis of length N and returned. The Heun stage's aux is discarded.
+        clock: ``'sigma'`` (EDM) or ``'step'`` (the uniform step clock r = i/N of AID.md §2).
         return_trajectory: Also return the ``[N + 1, B, ...]`` states at every ``sigmas[i]``.
 
     Returns:
-        ``(x_final, trajectory_or_None)``.
+        ``(x_final, trajectory_or_None)``, or ``(x_final, trajectory_or_None, aux)`` with
+        ``has_aux``.
 
     Raises:
-        ValueError: On an unknown solver, a bad ``sigmas`` shape, ``x`` without a batch axis, or
-            ``S_churn > 0`` without a key.
+        ValueError: On an unknown solver or clock, a bad ``sigmas`` shape, ``x`` without a batch
+            axis, ``S_churn > 0`` without a key, or ``has_aux`` without ``extra_drift``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if has_aux and extra_drift is None:
+        raise ValueError("has_aux=True needs an extra_drift returning (drift, aux)")
     if S_churn < 0.0:
         raise ValueError(f"S_churn must be >= 0, got {S_churn}")
     stochastic = S_churn > 0.0
@@ -297,15 +457,19 @@ def integrate(
     num_steps = sigmas.shape[0] - 1
     batch = x.shape[0]
     heun = solver == "heun"
+    on_step_clock = clock == "step"
 
-    def derivative(x_: jax.Array, sigma: jax.Array) -> jax.Array:
-        # ODE derivative dx/dsigma = (x - D(x; sigma)) / sigma  (EDM Alg. 2, lines 7 and 10),
-        # plus the optional guidance drift.
+    def slope(k, r, sigma, x_, ds_dr):
+        # The clock's derivative (EDM Alg. 2, lines 7 and 10) plus the optional drift.
         denoised = denoise(x_, jnp.broadcast_to(sigma, (batch,))).astype(dtype)
-        d = (x_ - denoised) / sigma
+        f = ode_slope(x_, denoised, sigma, ds_dr if on_step_clock else None)
+        aux = None
         if extra_drift is not None:
-            d = d + jnp.asarray(extra_drift(x_, sigma, denoised)).astype(dtype)
-        return d
+            drift = extra_drift(k, r, sigma, x_, denoised, ds_dr)
+            if has_aux:
+                drift, aux = drift
+            f = f + jnp.asarray(drift).astype(dtype)
+        return f, aux
 
     gammas = (
         _churn_gammas(sigmas, S_churn, S_min, S_max, dtype)
@@ -313,9 +477,10 @@ def integrate(
         else jnp.zeros((num_steps,), dtype)
     )
     s_noise = jnp.asarray(S_noise, dtype)
+    r = step_clock(num_steps).astype(dtype)
 
-    def step(x_cur: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array | None]:
-        i, sigma_cur, sigma_next, gamma = xs
+    def step(x_cur: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, Any]:
+        i, r_cur, r_next, sigma_cur, sigma_next, gamma = xs
         if stochastic:
             # EDM Alg. 2, lines 4-6: temporarily raise the noise level to sigma_hat.
             sigma_hat = sigma_cur * (1 + gamma)
@@ -328,23 +493,33 @@ def integrate(
             sigma_hat, x_hat = sigma_cur, x_cur
         # EDM Alg. 2, lines 7-8: Euler step from sigma_hat to sigma_next.
         h = sigma_next - sigma_hat
-        d = derivative(x_hat, sigma_hat)
-        x_next = x_hat + h * d
+        ds_dr = num_steps * h if (on_step_clock or extra_drift is not None) else None
+
+        def advance(x_: jax.Array, f: jax.Array) -> jax.Array:  # x + Δt·f on the clock
+            if on_step_clock:
+                return euler_update(x_, f, num_steps=num_steps)
+            return euler_update(x_, f, h=h)
+
+        d, aux = slope(i, r_cur, sigma_hat, x_hat, ds_dr)
+        x_next = advance(x_hat, d)
         if heun:
             # EDM Alg. 2, lines 9-11: Heun correction unless sigma_next == 0 (the last EDM step).
             def correct(x_e: jax.Array) -> jax.Array:
                 # Safe denominator in case both branches get evaluated (e.g. under vmap).
                 sigma_safe = jnp.where(sigma_next > 0, sigma_next, jnp.ones((), dtype))
-                d_prime = derivative(x_e, sigma_safe)
-                return x_hat + h * (0.5 * d + 0.5 * d_prime)
+                d_prime, _ = slope(i + 1, r_next, sigma_safe, x_e, ds_dr)
+                return advance(x_hat, 0.5 * d + 0.5 * d_prime)
 
             x_next = jax.lax.cond(sigma_next > 0, correct, lambda x_e: x_e, x_next)
-        return x_next, (x_next if return_trajectory else None)
+        return x_next, (x_next if return_trajectory else None, aux)
 
-    xs = (jnp.arange(num_steps, dtype=jnp.int32), sigmas[:-1], sigmas[1:], gammas)
-    x_final, traj = jax.lax.scan(step, x, xs)
+    ks = jnp.arange(num_steps, dtype=jnp.int32)
+    xs = (ks, r[:-1], r[1:], sigmas[:-1], sigmas[1:], gammas)
+    x_final, (traj, aux) = jax.lax.scan(step, x, xs)
     if return_trajectory:
         traj = jnp.concatenate([x[None], traj], axis=0)
+    if has_aux:
+        return x_final, traj, aux
     return x_final, traj
 
 
@@ -375,8 +550,9 @@ def sample(
         latents: Standard-normal latents ``[B, H, W, C]`` (any ``[B, ...]`` works).
         key: PRNG key for the churn noise; required iff ``config.S_churn > 0``, else ignored.
         config: Sampler settings.
-        extra_drift: Optional guidance term ``f(x, sigma (0-d), D)`` added to dx/dsigma at every
-            derivative evaluation (both Heun stages).
+        extra_drift: Optional guidance term, a :data:`DriftFn`
+            ``f(k, r, sigma (0-d), x, D, ds_dr)`` added to dx/dsigma at every derivative
+            evaluation (both Heun stages).
         return_trajectory: Also return the states at all N + 1 noise levels.
 
     Returns:

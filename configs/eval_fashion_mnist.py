@@ -60,10 +60,11 @@ def get_config(arg=None):
             pixel_dropout=dict(kind="pixel_dropout", p=0.7),
         )
     )
-    # Method entries: `method` names a function of aid_jax.baselines.METHODS; `steps` the step
-    # counts to sweep (one point each on the quality-vs-NFE plot); `options` its keyword options.
+    # Method entries: `method` names an entry of the method registry (aid_jax/methods/registry.py);
+    # `steps` the step counts to sweep (one point each on the quality-vs-NFE plot); `options` its
+    # keyword options.
     # Step counts are sized for a 2-core CPU (the methods' own defaults, e.g. RePaint's 2,410 NFE
-    # or DPS's 250 steps with a backward pass each, are aid_jax.baselines.method_options(name)).
+    # or DPS's 250 steps with a backward pass each, are aid_jax.methods.method_options(name)).
     config.methods = ml_collections.ConfigDict(
         dict(
             unguided=_method("unguided", (18,)),

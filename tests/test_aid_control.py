@@ -82,6 +82,83 @@ def test_unguided_deployment_is_the_edm_sampler(world, solver):
         np.testing.assert_allclose(np.asarray(got.x), np.asarray(ref.x), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_deployment_without_guidance_is_the_edm_sampler_bitwise(world, solver):
+    denoise = world.denoiser()
+    latents = jax.random.normal(jax.random.key(2), (5, *SHAPE), jnp.float32)
+    config = sampling.SamplerConfig(solver=solver, num_steps=6)
+    sigmas = config.sigmas()
+
+    def deploy(latents):
+        return control.controlled_sample(denoise, None, latents * sigmas[0], sigmas, solver=solver)
+
+    def edm(latents):
+        return sampling.sample(denoise, latents, config=config)
+
+    for run in (lambda f: f(latents), lambda f: jax.jit(f)(latents)):
+        got, ref = run(deploy), run(edm)
+        assert got.nfe == ref.nfe
+        np.testing.assert_array_equal(np.asarray(got.x), np.asarray(ref.x))
+
+
+def _step_clock_loops(denoise, mu, x, sigmas, key, s, solver):
+    """The controlled sampler and the rollout as hand-written scans (their form before they ran
+    through sampling.integrate), to pin the step clock's float32 arithmetic op by op."""
+    k_steps = sigmas.shape[0] - 1
+    r = control.step_clock(k_steps)
+    b = x.shape[0]
+
+    def slope(k, r_k, sigma, x_k, ds_dr):
+        den = denoise(x_k, jnp.broadcast_to(sigma, (b,)))
+        return ds_dr * (x_k - den) / sigma + mu(k, r_k, sigma, x_k, den, ds_dr)
+
+    def deploy_step(x_k, xs):
+        k, r_k, r_next, sigma, sigma_next = xs
+        ds_dr = k_steps * (sigma_next - sigma)
+        f1 = slope(k, r_k, sigma, x_k, ds_dr)
+        x_next = x_k + f1 / k_steps
+        if solver == "heun" and sigma_next > 0:
+            f2 = slope(k + 1, r_next, sigma_next, x_next, ds_dr)
+            x_next = x_k + (0.5 * f1 + 0.5 * f2) / k_steps
+        return x_next, None
+
+    def rollout_step(x_k, xs):
+        k, r_k, _, sigma, sigma_next = xs
+        ds_dr = k_steps * (sigma_next - sigma)
+        den = denoise(x_k, jnp.broadcast_to(sigma, (b,)))
+        m = mu(k, r_k, sigma, x_k, den, ds_dr)
+        eps = jax.random.normal(jax.random.fold_in(key, k), x_k.shape, x_k.dtype)
+        drift = (k_steps * (sigma_next - sigma)) * (x_k - den) / sigma
+        return x_k + (drift + (m + s * eps)) / k_steps, (x_k, den, eps, m)
+
+    xs = (jnp.arange(k_steps, dtype=jnp.int32), r[:-1], r[1:], sigmas[:-1], sigmas[1:])
+    deployed, _ = jax.lax.scan(deploy_step, x, xs)
+    last, (states, den, eps, means) = jax.lax.scan(rollout_step, x, xs)
+    return deployed, jnp.concatenate([states, last[None]]), den, eps, means
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_step_clock_arithmetic_is_unchanged(world, solver):
+    # Op by op (no XLA fusion), so "the same operations in the same order" means bitwise equal.
+    k_steps, s = 5, jnp.float32(0.7)  # K not a power of 2: x + f/K ≠ x + f·(1/K)
+    rng = np.random.default_rng(5)
+    mu, _ = _linear_guidance(
+        0.3 * rng.normal(size=(k_steps, *SHAPE)), 0.3 * rng.normal(size=(k_steps, *SHAPE))
+    )
+    sigmas = sampling.edm_sigmas(k_steps, sigma_max=10.0)
+    x = jnp.asarray(10.0 * rng.normal(size=(3, *SHAPE)), jnp.float32)
+    key = jax.random.key(4)
+    with jax.disable_jit():
+        deployed, xs, den, eps, means = _step_clock_loops(
+            world.denoiser(), mu, x, sigmas, key, s, solver
+        )
+        got = control.controlled_sample(world.denoiser(), mu, x, sigmas, solver=solver)
+        ro = control.rollout(world.denoiser(), mu, x, sigmas, key, policy_std=s)
+    np.testing.assert_array_equal(np.asarray(got.x), np.asarray(deployed))
+    for name, ref in (("xs", xs), ("denoised", den), ("eps", eps), ("means", means)):
+        np.testing.assert_array_equal(np.asarray(getattr(ro, name)), np.asarray(ref), err_msg=name)
+
+
 def _reference_deploy(world, mu_np, x_init, sigmas, solver):
     """Float64 NumPy controlled Euler / Heun on the step clock (module docstring formulas)."""
     x = np.asarray(x_init, np.float64)

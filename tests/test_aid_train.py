@@ -1,6 +1,6 @@
-"""The AID trainer: resume == uninterrupted, no retracing, sharded == single device, config
-mismatch refused, the deterministic per-step masks, load/export, bad folders, and the main job
-(train → evaluate → report) end to end on the smoke configs."""
+"""The AID trainer: metrics and validation, the deterministic per-step masks, load/export, bad
+folders, and the main job (train → evaluate → report) end to end on the smoke configs. Resume,
+config mismatch, sharded == single device and no retracing: tests/test_train_loop.py."""
 
 import json
 import os
@@ -11,8 +11,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import aid_jax
 from aid_jax import backbones, masks
@@ -43,18 +41,6 @@ def full_run(tmp_path_factory):
     return train.train(smoke_config(), str(path))
 
 
-def test_resume_gives_the_uninterrupted_run(full_run, tmp_path):
-    assert full_run["step"] == 4 and full_run["train_step"]._cache_size() == 1  # no retracing
-    config = smoke_config()
-    config.train.num_steps = 3  # "interrupted" after step 3 (checkpoints at 2, then 3)
-    train.train(config, str(tmp_path))
-    config.train.num_steps = 4
-    resumed = train.train(config, str(tmp_path))
-    assert resumed["step"] == 4
-    for part in ("actor", "critic", "actor_ema", "actor_opt", "critic_opt"):
-        assert _leaves_equal(full_run["state"][part], resumed["state"][part]), part
-
-
 def test_training_moves_the_actor_and_logs_metrics(full_run):
     workdir = pathlib.Path(full_run["workdir"])
     # clu's parameter table: every actor parameter counted once.
@@ -78,13 +64,6 @@ def test_training_moves_the_actor_and_logs_metrics(full_run):
     assert train_rows[0]["guidance_rms"] == 0.0 and train_rows[1]["guidance_rms"] > 0
 
 
-def test_resume_with_another_config_is_refused(full_run):
-    config = smoke_config()
-    config.aid.lam = 0.5
-    with pytest.raises(train.ResumeError, match="aid"):
-        train.train(config, full_run["workdir"])
-
-
 def test_masks_are_a_pure_function_of_seed_and_step():
     specs = [{"kind": "center_box", "fraction": 0.5}, {"kind": "half", "side": "random"}]
     a = train.masks_at(specs, 64, (16, 16), seed=0, step=3)
@@ -101,37 +80,6 @@ def test_masks_are_a_pure_function_of_seed_and_step():
         cfg = smoke_config()
         cfg.train.masks = "center_box,nope"
         train.mask_specs(cfg)
-
-
-def test_sharded_step_equals_single_device():
-    config = smoke_config()
-    backbone = backbones.backbone_from_config(config.backbone)
-    cfg = train.aid_config(config, backbone.image_shape)
-    actor_tx, critic_tx = train.make_optimizers(config)
-    step_fn = train.make_train_step(config, cfg, backbone.config, actor_tx, critic_tx)
-    state = train.init_state(config, cfg, actor_tx, critic_tx, jax.random.key(0))
-    state["step"] = state["step"] + 5  # past the warm-up, so the actor updates too
-    x0 = np.asarray(jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1))
-    m = masks.make_masks("center_box", 8, 16, seed=0)
-    key = jax.random.key(2)
-    single_state, single_metrics = jax.jit(step_fn)(state, backbone.params, x0, m, key)
-
-    assert jax.device_count() == 8  # tests/conftest.py fakes eight CPU devices
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    out_state, out_metrics = jax.jit(step_fn, out_shardings=(rep, rep))(
-        jax.device_put(state, rep),
-        jax.device_put(backbone.params, rep),
-        jax.device_put(x0, split),
-        jax.device_put(m, split),
-        key,
-    )
-    np.testing.assert_allclose(out_metrics["critic_loss"], single_metrics["critic_loss"], rtol=1e-4)
-    for part in ("actor", "critic"):
-        for a, b in zip(
-            jax.tree.leaves(out_state[part]), jax.tree.leaves(single_state[part]), strict=True
-        ):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_load_export_and_inpaint(full_run, tmp_path):

@@ -350,7 +350,8 @@ def test_costs_and_options():
     with pytest.raises(ValueError, match="kl_form"):
         method_cost("vipaint", kl_form="slip")
     opts = method_options("dps")
-    assert opts["zeta"] == 0.5 and opts["num_steps"] == 250 and opts["sigma_max"] == 80.0
+    assert opts["zeta"] == 0.5 and opts["num_steps"] == 250
+    assert opts["schedule"].sigma_max == 80.0  # σ_min, σ_max, ρ: one EDMSchedule option
     assert method_options("repaint")["jump_length"] == 10
     for name in METHODS:
         assert "num_steps" in method_options(name)  # the harness sets it for every method

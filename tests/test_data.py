@@ -176,10 +176,10 @@ def test_main_job_data_without_the_debian_package(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT))
     from configs import fashion_mnist  # noqa: I001 (configs/ is on sys.path only now)
 
-    from aid_jax.aid import train as aid_train
+    from aid_jax import evaluate
 
     config = fashion_mnist.get_config(None)
-    evaluation = aid_train.evaluation_config(config, workdir=str(tmp_path))
+    evaluation = evaluate.evaluation_config(config, workdir=str(tmp_path))
     opened = [config.data, config.eval_data, evaluation.data]
     opened.append(evaluation.metrics.reference_data or evaluation.data)
     for data in opened:

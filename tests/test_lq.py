@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aid_jax.aid import lq
+from aid_jax.sampling import EDMSchedule
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,15 @@ def test_optimal_gains_lie_in_the_learned_class(problem, features):
     assert abs(j_mc - problem.optimal_cost()) < 4 * se + 1e-4
     j0_mc, se0 = lq.monte_carlo_cost(problem, None, jax.random.key(1), 16384, 16384)
     assert abs(j0_mc - problem.unguided_cost()) < 4 * se0 + 1e-4
+
+
+def test_schedule_of_the_problem():
+    schedule = EDMSchedule(sigma_min=0.01, sigma_max=10.0, rho=5.0)
+    p = lq.LQProblem.create(4, 4, num_steps=3, schedule=schedule)
+    assert p.sigmas.dtype == np.float64
+    np.testing.assert_array_equal(p.sigmas, np.asarray(schedule.sigmas(3), np.float64))
+    default = lq.LQProblem.create(4, 4, num_steps=3)
+    np.testing.assert_array_equal(default.sigmas, np.asarray(EDMSchedule().sigmas(3), np.float64))
 
 
 def test_mask_and_config_validation():

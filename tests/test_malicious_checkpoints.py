@@ -562,16 +562,16 @@ def test_malicious_file_is_refused(case: Case, tmp_path, tripwires):
 
 
 def test_refused_build_leaves_stand_ins_untouched(tmp_path):
-    from aid_jax.backbones import checkpoint_reader as cr
+    from aid_jax.backbones import torch_archive as ta
 
-    before = cr._rebuild_tensor_v2.__defaults__, dict(cr._rebuild_tensor_v2.__dict__)
+    before = ta.rebuild_tensor_v2.__defaults__, dict(ta.rebuild_tensor_v2.__dict__)
     path = tmp_path / "mutate.pkl"
     path.write_bytes(
         b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__)s\x86b."
     )
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
-    assert (cr._rebuild_tensor_v2.__defaults__, cr._rebuild_tensor_v2.__dict__) == before
+    assert (ta.rebuild_tensor_v2.__defaults__, ta.rebuild_tensor_v2.__dict__) == before
 
 
 @pytest.mark.parametrize(

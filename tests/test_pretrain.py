@@ -1,5 +1,6 @@
-"""EDM training: the loss on hand-computable cases, resume == uninterrupted, sharded == single
-device, no retracing, config mismatch refused, export -> load_backbone."""
+"""EDM training: the loss on hand-computable cases, export -> load_backbone, resume from a saved
+step folder. Resume, config mismatch, sharded == single device and no retracing:
+tests/test_train_loop.py."""
 
 import pathlib
 import sys
@@ -8,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from aid_jax import losses, pretrain
 from aid_jax.backbones import load_backbone
@@ -61,57 +60,6 @@ def _leaves_equal(a, b):
         np.array_equal(np.asarray(x), np.asarray(y))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
-
-
-def test_resume_gives_the_uninterrupted_run(tmp_path):
-    config = smoke_config()
-    full = pretrain.train_and_evaluate(config, str(tmp_path / "full"))
-    assert full["step"] == 4 and full["train_step"]._cache_size() == 1  # no retracing
-    config.train.num_steps = 3  # "interrupted" after step 3 (checkpoint_every=2: 2, then 3)
-    pretrain.train_and_evaluate(config, str(tmp_path / "split"))
-    config.train.num_steps = 4
-    resumed = pretrain.train_and_evaluate(config, str(tmp_path / "split"))
-    assert resumed["step"] == 4
-    assert _leaves_equal(full["state"]["params"], resumed["state"]["params"])
-    assert _leaves_equal(full["state"]["ema"], resumed["state"]["ema"])
-    metrics = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 4 and all('"loss"' in m for m in metrics)
-    assert (tmp_path / "full" / "samples" / "step_0000004.png").exists()
-
-
-def test_resume_with_another_config_is_refused(tmp_path):
-    config = smoke_config()
-    config.train.num_steps = 2
-    pretrain.train_and_evaluate(config, str(tmp_path))
-    config.optim.lr = 1e-2
-    with pytest.raises(pretrain.ResumeError, match="optim"):
-        pretrain.train_and_evaluate(config, str(tmp_path))
-
-
-def test_sharded_step_equals_single_device():
-    config = smoke_config()
-    net = pretrain.backbone_config(config)
-    tx = pretrain.make_optimizer(config)
-    step_fn = pretrain.make_train_step(config, net, tx)
-    state = pretrain.init_state(config, net, tx, jax.random.key(0))
-    images = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1, maxval=1)
-    key = jax.random.key(2)
-    single_state, single_metrics = jax.jit(step_fn)(state, images, key)
-
-    assert jax.device_count() == 8  # tests/conftest.py fakes eight CPU devices
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    rep = NamedSharding(mesh, P())
-    sharded_images = jax.device_put(images, NamedSharding(mesh, P("data")))
-    sharded_state = jax.device_put(state, rep)
-    out_state, out_metrics = jax.jit(step_fn, out_shardings=(rep, rep))(
-        sharded_state, sharded_images, key
-    )
-    assert sharded_images.sharding.num_devices == 8
-    np.testing.assert_allclose(out_metrics["loss"], single_metrics["loss"], rtol=1e-5)
-    for a, b in zip(
-        jax.tree.leaves(out_state["params"]), jax.tree.leaves(single_state["params"]), strict=True
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_export_loads_as_backbone(tmp_path):

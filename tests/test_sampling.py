@@ -14,6 +14,7 @@ import pytest
 
 from aid_jax import sampling
 from aid_jax.sampling import (
+    EDMSchedule,
     SamplerConfig,
     SampleResult,
     edm_sigmas,
@@ -108,6 +109,48 @@ def test_edm_sigmas_one_step_and_validation():
         edm_sigmas(4, sigma_min=1.0, sigma_max=0.5)
 
 
+def _edm_sigmas_before_schedule(num_steps, sigma_min, sigma_max, rho):
+    """``sampling.edm_sigmas`` as written before EDMSchedule existed (float64 NumPy, cast)."""
+    i = np.arange(num_steps, dtype=np.float64)
+    frac = i / (num_steps - 1) if num_steps > 1 else np.zeros_like(i)
+    inv_rho = 1.0 / rho
+    steps = (sigma_max**inv_rho + frac * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+    return np.concatenate([steps, np.zeros(1)]).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [EDMSchedule(), EDMSchedule(0.02, 10.0, 1.0), EDMSchedule(sigma_max=1.6, rho=3.0)],
+)
+def test_edm_schedule_is_the_old_edm_sigmas(schedule):
+    for n in (1, 2, 5, 18, 40):
+        got = schedule.sigmas(n)
+        assert got.dtype == jnp.float32 and got.shape == (n + 1,)
+        old = _edm_sigmas_before_schedule(n, schedule.sigma_min, schedule.sigma_max, schedule.rho)
+        np.testing.assert_array_equal(np.asarray(got), old)
+        np.testing.assert_array_equal(
+            np.asarray(got),
+            np.asarray(edm_sigmas(n, schedule.sigma_min, schedule.sigma_max, schedule.rho)),
+        )
+        np.testing.assert_array_equal(schedule.sigmas_f64(n).astype(np.float32), old)
+
+
+def test_edm_schedule_validation_and_hashable():
+    assert EDMSchedule() == EDMSchedule(0.002, 80.0, 7.0)
+    assert hash(EDMSchedule()) == hash(EDMSchedule(0.002, 80.0, 7.0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EDMSchedule().rho = 3.0  # type: ignore[misc]
+    for kwargs, msg in [
+        (dict(sigma_min=0.0), "0 < sigma_min < sigma_max"),
+        (dict(sigma_min=90.0), "0 < sigma_min < sigma_max"),
+        (dict(sigma_max=math.inf), "sigma_max < inf"),
+        (dict(sigma_max=math.nan), "0 < sigma_min < sigma_max"),
+        (dict(rho=0.0), "rho must be > 0"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            EDMSchedule(**kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +176,26 @@ def test_config_validation_and_hashable():
     for kwargs, msg in bad:
         with pytest.raises(ValueError, match=msg):
             SamplerConfig(**kwargs)
+
+
+def test_config_takes_the_schedule_or_its_flat_fields():
+    schedule = EDMSchedule(sigma_min=0.01, sigma_max=10.0, rho=5.0)
+    nested = SamplerConfig(num_steps=4, schedule=schedule)
+    flat = SamplerConfig(num_steps=4, sigma_min=0.01, sigma_max=10.0, rho=5.0)
+    assert nested == flat and hash(nested) == hash(flat)
+    assert flat.schedule == schedule and (flat.sigma_min, flat.sigma_max, flat.rho) == (0.01, 10, 5)
+    np.testing.assert_array_equal(np.asarray(flat.sigmas()), np.asarray(schedule.sigmas(4)))
+    # Flat keywords override those fields of a given schedule.
+    assert SamplerConfig(schedule=schedule, sigma_max=20.0).schedule == EDMSchedule(0.01, 20.0, 5.0)
+    assert dataclasses.replace(flat, sigma_max=20.0).schedule == EDMSchedule(0.01, 20.0, 5.0)
+    # The stored record stays flat (config.sampler, generate's summary.json).
+    assert {"sigma_min", "sigma_max", "rho"} <= set(flat.__dict__)
+    assert "schedule" not in {f.name for f in dataclasses.fields(SamplerConfig)}
+    assert SamplerConfig(**{**flat.__dict__, "rho": 7.0}).schedule == EDMSchedule(0.01, 10.0)
+    with pytest.raises(ValueError, match="schedule must be an EDMSchedule"):
+        SamplerConfig(schedule=(0.002, 80.0, 7.0))
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        SamplerConfig(schedule=schedule, sigma_min=20.0)
 
 
 def test_nfe_formula():
@@ -335,7 +398,7 @@ def test_constant_drift_shifts_by_c_times_sigma_span(solver):
     def identity(x, sigma):
         return x  # D = x makes (x - D)/sigma vanish: only the drift moves the state
 
-    def drift(x, sigma, denoised):
+    def drift(k, r, sigma, x, denoised, ds_dr):
         assert sigma.shape == () and denoised.shape == x.shape
         return jnp.broadcast_to(c, x.shape)
 
@@ -360,14 +423,15 @@ def test_drift_none_equals_zero_drift(solver):
     latents = _latents(7)
     cfg = SamplerConfig(solver=solver, num_steps=6)
     a = sample(_toy_denoiser, latents, config=cfg).x
-    b = sample(_toy_denoiser, latents, config=cfg, extra_drift=lambda x, s, d: jnp.zeros_like(x)).x
+    zero = lambda k, r, s, x, d, ds_dr: jnp.zeros_like(x)  # noqa: E731
+    b = sample(_toy_denoiser, latents, config=cfg, extra_drift=zero).x
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
 def test_drift_evaluated_at_both_heun_stages():
     seen = []
 
-    def drift(x, sigma, denoised):
+    def drift(k, r, sigma, x, denoised, ds_dr):
         seen.append(float(sigma))
         return 0.01 * denoised
 
@@ -379,6 +443,116 @@ def test_drift_evaluated_at_both_heun_stages():
     np.testing.assert_array_equal(
         np.array(seen, np.float32), np.concatenate([[sig[0]], np.repeat(sig[1:-1], 2)])
     )
+
+
+@pytest.mark.parametrize("clock", ["sigma", "step"])
+def test_drift_hook_sees_step_index_clock_rate_and_denoised(clock):
+    seen = []
+
+    def drift(k, r, sigma, x, denoised, ds_dr):
+        assert k.dtype == jnp.int32 and k.shape == r.shape == ds_dr.shape == ()
+        np.testing.assert_array_equal(np.asarray(denoised), np.asarray(_toy_denoiser(x, sigma)))
+        seen.append((int(k), float(r), float(sigma), float(ds_dr)))
+        return 0.01 * denoised
+
+    n = 4
+    sig = np.asarray(edm_sigmas(n))
+    with jax.disable_jit():
+        integrate(_toy_denoiser, 80.0 * _latents(), sig, extra_drift=drift, clock=clock)
+    # Heun: stage 1 of step k at (k, r_k, σ_k), stage 2 at (k + 1, r_{k+1}, σ_{k+1}), both with
+    # step k's dσ/dr = N(σ_{k+1} − σ_k); the last step (to σ = 0) has one stage.
+    want = []
+    for k in range(n):
+        ds_dr = np.float32(n * (sig[k + 1] - sig[k]))
+        want.append((k, k / n, sig[k], ds_dr))
+        if k < n - 1:
+            want.append((k + 1, (k + 1) / n, sig[k + 1], ds_dr))
+    np.testing.assert_allclose(np.array(seen), np.array(want, np.float64), rtol=1e-6)
+    assert [s[0] for s in seen] == [w[0] for w in want]
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_has_aux_stacks_the_first_stage_aux(solver):
+    latents = _latents(20)
+    sig = edm_sigmas(5, sigma_max=10.0)
+
+    def drift(k, r, sigma, x, denoised, ds_dr):
+        return 0.01 * denoised, {"k": k, "sigma": sigma, "x": x, "denoised": denoised}
+
+    x, traj, aux = integrate(
+        _toy_denoiser,
+        10.0 * latents,
+        sig,
+        solver=solver,
+        extra_drift=drift,
+        has_aux=True,
+        return_trajectory=True,
+    )
+    plain = integrate(
+        _toy_denoiser,
+        10.0 * latents,
+        sig,
+        solver=solver,
+        extra_drift=lambda k, r, s, x, d, ds_dr: 0.01 * d,
+    )[0]
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(plain))  # the aux changes nothing
+    np.testing.assert_array_equal(np.asarray(aux["k"]), np.arange(5))
+    np.testing.assert_array_equal(np.asarray(aux["sigma"]), np.asarray(sig[:-1]))
+    np.testing.assert_array_equal(np.asarray(aux["x"]), np.asarray(traj[:-1]))
+    for k in range(5):
+        np.testing.assert_allclose(
+            np.asarray(aux["denoised"][k]),
+            np.asarray(_toy_denoiser(traj[k], jnp.full((SHAPE[0],), sig[k]))),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+    with pytest.raises(ValueError, match="has_aux"):
+        integrate(_toy_denoiser, latents, sig, has_aux=True)
+    with pytest.raises(ValueError, match="clock"):
+        integrate(_toy_denoiser, latents, sig, clock="time")
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_step_clock_is_the_same_ode(solver):
+    """On the step clock a drift u is a term of dx/dr; u·(dσ/dr)⁻¹ on the σ clock is the same
+    ODE term, and without drift both clocks are EDM's sampler (up to float32 rounding)."""
+    latents = _latents(21)
+    sig = edm_sigmas(6, sigma_max=10.0)
+    x0 = 10.0 * latents
+
+    def u(k, r, sigma, x, denoised, ds_dr):
+        return 0.3 * ds_dr * (denoised - jnp.tanh(x)) / sigma
+
+    def u_sigma(k, r, sigma, x, denoised, ds_dr):
+        return u(k, r, sigma, x, denoised, ds_dr) / ds_dr
+
+    for step_drift, sigma_drift in ((None, None), (u, u_sigma)):
+        a = integrate(_toy_denoiser, x0, sig, solver=solver, clock="step", extra_drift=step_drift)
+        b = integrate(_toy_denoiser, x0, sig, solver=solver, extra_drift=sigma_drift)
+        np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-5, atol=1e-5)
+    # Step clock, Euler, by hand: x + (N(σ' − σ)(x − D)/σ + u)/N.
+    x = np.asarray(x0, np.float64)
+    s64 = np.asarray(sig, np.float64)
+    for k in range(6):
+        d = np.asarray(_toy_denoiser(jnp.asarray(x, jnp.float32), jnp.full((2,), sig[k])))
+        ds_dr = 6 * (s64[k + 1] - s64[k])
+        drift = 0.3 * ds_dr * (d - np.tanh(x)) / s64[k]
+        x = x + (ds_dr * (x - d) / s64[k] + drift) / 6
+    got = integrate(_toy_denoiser, x0, sig, solver="euler", clock="step", extra_drift=u)[0]
+    np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-4)
+
+
+def test_step_arithmetic_helpers():
+    x, f = jnp.float32(1.5), jnp.float32(-0.25)
+    assert float(sampling.euler_update(x, f, h=jnp.float32(2.0))) == 1.0
+    assert float(sampling.euler_update(x, f, num_steps=4)) == 1.5 - 0.0625
+    with pytest.raises(ValueError, match="exactly one"):
+        sampling.euler_update(x, f)
+    with pytest.raises(ValueError, match="exactly one"):
+        sampling.euler_update(x, f, h=1.0, num_steps=2)
+    assert float(sampling.ode_slope(jnp.float32(3.0), jnp.float32(1.0), 2.0)) == 1.0
+    assert float(sampling.ode_slope(jnp.float32(3.0), jnp.float32(1.0), 2.0, -4.0)) == -4.0
+    np.testing.assert_allclose(np.asarray(sampling.step_clock(4)), [0, 0.25, 0.5, 0.75, 1.0])
 
 
 def test_drift_matches_modified_denoiser():
@@ -393,7 +567,8 @@ def test_drift_matches_modified_denoiser():
         return d - sigma.reshape(-1, 1, 1, 1) * g(x, sigma, d)
 
     cfg = SamplerConfig(num_steps=6)
-    a = sample(_toy_denoiser, latents, config=cfg, extra_drift=g).x
+    drift = lambda k, r, s, x, d, ds_dr: g(x, s, d)  # noqa: E731
+    a = sample(_toy_denoiser, latents, config=cfg, extra_drift=drift).x
     b = sample(denoise_mod, latents, config=cfg).x
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
@@ -441,7 +616,7 @@ def test_jit_equals_eager(cfg):
     latents = _latents(13)
     key = _fast_key(3)
 
-    def drift(x, sigma, denoised):
+    def drift(k, r, sigma, x, denoised, ds_dr):
         return 0.01 * (x - denoised)
 
     eager = sample(_toy_denoiser, latents, key, config=cfg, extra_drift=drift)

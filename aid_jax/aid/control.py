@@ -37,18 +37,29 @@ The guidance is any closure ``guidance_mean(k, r, sigma, x, denoised, ds_dr) -> 
 int32 0-d; ``r``, ``sigma`` and the step's dσ/dr = K(σ_{k+1} − σ_k) float 0-d, the same at both
 Heun stages; ``x``/``denoised`` ``[B, ...]``): for images a conv net of (x, D, y, m) with its
 parameters and the batch's (y, m) closed over; for the linear–quadratic
-benchmark a per-step linear map (``aid_jax.aid.lq``). The loops are one ``lax.scan`` each, so the
-denoiser and the guidance are traced once per solver stage, not once per step.
+benchmark a per-step linear map (``aid_jax.aid.lq``).
+
+One integrator. Both loops are :func:`aid_jax.sampling.integrate` on its step clock
+(``clock='step'``): the guidance closure *is* the sampler's drift hook (same signature), and the
+rollout's hook adds the policy noise and returns (D_k, ε_k, μ_k) as the hook's auxiliary output,
+which the scan stacks; X_0..X_K are the trajectory. Each is one ``lax.scan``, so the denoiser and
+the guidance are traced once per solver stage, not once per step. Without guidance
+(``guidance_mean=None``) :func:`controlled_sample` is the EDM sampler itself (``clock='sigma'``,
+bitwise :func:`aid_jax.sampling.sample` from ``x_init = σ_max·latents``); a guidance that returns
+zeros runs on the step clock and differs from it by float32 rounding only (the step clock
+computes x + (K(σ_{k+1} − σ_k)(x − D)/σ_k)/K instead of x + (σ_{k+1} − σ_k)(x − D)/σ_k).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from aid_jax import sampling
+from aid_jax.sampling import SOLVERS, DenoiseFn, step_clock
 
 __all__ = [
     "GuidanceMeanFn",
@@ -64,22 +75,11 @@ __all__ = [
     "step_clock",
 ]
 
-GuidanceMeanFn = Callable[
-    [jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array
-]
+GuidanceMeanFn = sampling.DriftFn
 """``guidance_mean(k int32 0-d, r 0-d, sigma 0-d, x [B,...], denoised [B,...], ds_dr 0-d)
 -> mu [B,...]``; ``ds_dr`` = K(σ_{k+1} − σ_k), the current step's dσ/dr, so a guidance can be
-expressed in units of the denoised estimate at any step count and solver stage."""
-
-DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
-"""``denoise(x [B,...], sigma [B]) -> D(x; sigma)`` (as in :mod:`aid_jax.sampling`)."""
-
-
-def step_clock(num_steps: int) -> jax.Array:
-    """The step clock r_k = k/K, k = 0..K, float32 ``[K + 1]`` (r_0 = 0, r_K = T = 1)."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    return jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
+expressed in units of the denoised estimate at any step count and solver stage. The same signature
+as :data:`aid_jax.sampling.DriftFn`: a guidance is the sampler's drift hook as is."""
 
 
 def gaussian_policy_std(lam: float, beta: float) -> float:
@@ -96,7 +96,8 @@ def gaussian_policy_std(lam: float, beta: float) -> float:
 def ode_drift(
     x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_next: jax.Array, num_steps: int
 ) -> jax.Array:
-    """Probability-flow drift on the step clock, b_k = K (σ_{k+1} − σ_k)(x − D)/σ_k (AID.md §2).
+    """Probability-flow drift on the step clock, b_k = K (σ_{k+1} − σ_k)(x − D)/σ_k (AID.md §2):
+    :func:`aid_jax.sampling.ode_slope` on the step clock, the integrator's own arithmetic.
 
     Args:
         x: State ``[B, ...]`` at noise level ``sigma``.
@@ -105,7 +106,7 @@ def ode_drift(
         sigma_next: σ_{k+1} (0-d), may be 0.
         num_steps: K.
     """
-    return (num_steps * (sigma_next - sigma)) * (x - denoised) / sigma
+    return sampling.ode_slope(x, denoised, sigma, num_steps * (sigma_next - sigma))
 
 
 def euler_step(
@@ -116,8 +117,10 @@ def euler_step(
     sigma_next: jax.Array,
     num_steps: int,
 ) -> jax.Array:
-    """One Euler step on the step clock, x + Δr (b_k + u) (= EDM Euler + Δr·u)."""
-    return x + (ode_drift(x, denoised, sigma, sigma_next, num_steps) + u) / num_steps
+    """One Euler step on the step clock, x + Δr (b_k + u) (= EDM Euler + Δr·u): the step
+    :func:`aid_jax.sampling.integrate` takes with ``clock='step'`` and drift u."""
+    slope = ode_drift(x, denoised, sigma, sigma_next, num_steps) + u
+    return sampling.euler_update(x, slope, num_steps=num_steps)
 
 
 def pair_up(tree):
@@ -210,8 +213,9 @@ def rollout(
 
     For k = 0..K−1 (one ``lax.scan``): D_k = sg[D(X_k; σ_k)], μ_k = sg[μ(k, r_k, σ_k, X_k, D_k)],
     ε_k ~ N(0, I) from ``fold_in(key, k)``, A_k = μ_k + s ε_k and
-    X_{k+1} = X_k + Δr (b_k + A_k). Nothing in the result carries a gradient: the losses
-    re-evaluate the networks on the stored arrays.
+    X_{k+1} = X_k + Δr (b_k + A_k): :func:`aid_jax.sampling.integrate` (Euler, step clock) with
+    A_k as its drift and (D_k, ε_k, μ_k) as the drift's auxiliary output. Nothing in the result
+    carries a gradient: the losses re-evaluate the networks on the stored arrays.
 
     Args:
         denoise: Frozen denoiser ``D(x [B,...], sigma [B]) -> [B,...]``.
@@ -237,28 +241,31 @@ def rollout(
     if antithetic and batch % 2:
         raise ValueError(f"antithetic=True needs an even batch (pairs i, i + B/2); got B = {batch}")
     s = jnp.asarray(policy_std, dtype)
-    num_steps = sigmas.shape[0] - 1
-    r = step_clock(num_steps).astype(dtype)
     noise_shape = ((batch // 2) if antithetic else batch,) + x.shape[1:]
 
-    def step(x_k, xs):
-        k, r_k, sigma, sigma_next = xs
-        ds_dr = num_steps * (sigma_next - sigma)
-        denoised = jax.lax.stop_gradient(
-            denoise(x_k, jnp.broadcast_to(sigma, (batch,))).astype(dtype)
-        )
+    def forward_only(x_, sigma_b):
+        return jax.lax.stop_gradient(denoise(x_, sigma_b))
+
+    def policy_drift(k, r_k, sigma, x_k, denoised, ds_dr):
+        # The action A_k = μ_k + s ε_k is the drift; (D_k, ε_k, μ_k) ride along as the aux.
         mu = jax.lax.stop_gradient(
             jnp.asarray(guidance_mean(k, r_k, sigma, x_k, denoised, ds_dr)).astype(dtype)
         )
         eps = jax.random.normal(jax.random.fold_in(key, k), noise_shape, dtype)
         if antithetic:
             eps = jnp.concatenate([eps, -eps], axis=0)
-        x_next = euler_step(x_k, denoised, mu + s * eps, sigma, sigma_next, num_steps)
-        return x_next, (x_k, denoised, eps, mu)
+        return mu + s * eps, (denoised, eps, mu)
 
-    ks = jnp.arange(num_steps, dtype=jnp.int32)
-    x_last, (xs, den, eps, mus) = jax.lax.scan(step, x, (ks, r[:-1], sigmas[:-1], sigmas[1:]))
-    xs = jnp.concatenate([xs, x_last[None]], axis=0)
+    _, xs, (den, eps, mus) = sampling.integrate(
+        forward_only,
+        x,
+        sigmas,
+        solver="euler",
+        clock="step",
+        extra_drift=policy_drift,
+        has_aux=True,
+        return_trajectory=True,
+    )
     return Rollout(xs=xs, denoised=den, eps=eps, means=mus, sigmas=sigmas, policy_std=s)
 
 
@@ -276,8 +283,6 @@ class ControlledSample:
 
 
 jax.tree_util.register_dataclass(ControlledSample, data_fields=["x"], meta_fields=["nfe"])
-
-SOLVERS = ("euler", "heun")
 
 
 def controlled_nfe(num_steps: int, solver: str = "euler") -> int:
@@ -298,8 +303,10 @@ def controlled_sample(
     """Deterministic deployment: the controlled ODE with u = μ (no policy noise).
 
     Euler: x_{k+1} = x_k + Δr (b_k + μ_k). Heun: the step-clock trapezoidal rule of the module
-    docstring, μ evaluated and added at both stages, the last step (to σ = 0) Euler. Any K; with
-    ``guidance_mean=None`` (or μ ≡ 0) this is the plain EDM Euler / Heun sampler.
+    docstring, μ evaluated and added at both stages, the last step (to σ = 0) Euler. Any K.
+    :func:`aid_jax.sampling.integrate` on the step clock with the guidance as its drift hook;
+    with ``guidance_mean=None`` the plain EDM Euler / Heun sampler on the σ clock (bitwise
+    :func:`aid_jax.sampling.sample` for the same start).
 
     Args:
         denoise: Frozen denoiser.
@@ -314,38 +321,12 @@ def controlled_sample(
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     x, sigmas = _check_inputs(x_init, sigmas)
-    dtype = x.dtype
-    batch = x.shape[0]
-    num_steps = sigmas.shape[0] - 1
-    r = step_clock(num_steps).astype(dtype)
-    heun = solver == "heun"
-
-    def slope(k, r_k, sigma_eval, x_k, ds_dr):
-        # dx/dr = (dσ/dr)(x − D(x; σ))/σ + μ(k, r, σ, x, D) on the current step's segment.
-        denoised = denoise(x_k, jnp.broadcast_to(sigma_eval, (batch,))).astype(dtype)
-        f = ds_dr * (x_k - denoised) / sigma_eval
-        if guidance_mean is not None:
-            f = f + jnp.asarray(guidance_mean(k, r_k, sigma_eval, x_k, denoised, ds_dr)).astype(
-                dtype
-            )
-        return f
-
-    def step(x_k, xs):
-        k, r_k, r_next, sigma, sigma_next = xs
-        ds_dr = num_steps * (sigma_next - sigma)
-        f1 = slope(k, r_k, sigma, x_k, ds_dr)
-        x_next = x_k + f1 / num_steps
-        if heun:
-
-            def correct(x_e):
-                # Safe denominator in case both branches run (e.g. under vmap).
-                sigma_safe = jnp.where(sigma_next > 0, sigma_next, jnp.ones((), dtype))
-                f2 = slope(k + 1, r_next, sigma_safe, x_e, ds_dr)
-                return x_k + (0.5 * f1 + 0.5 * f2) / num_steps
-
-            x_next = jax.lax.cond(sigma_next > 0, correct, lambda x_e: x_e, x_next)
-        return x_next, None
-
-    ks = jnp.arange(num_steps, dtype=jnp.int32)
-    x_last, _ = jax.lax.scan(step, x, (ks, r[:-1], r[1:], sigmas[:-1], sigmas[1:]))
-    return ControlledSample(x=x_last, nfe=controlled_nfe(num_steps, solver))
+    x_last, _ = sampling.integrate(
+        denoise,
+        x,
+        sigmas,
+        solver=solver,
+        clock="sigma" if guidance_mean is None else "step",
+        extra_drift=guidance_mean,
+    )
+    return ControlledSample(x=x_last, nfe=controlled_nfe(sigmas.shape[0] - 1, solver))

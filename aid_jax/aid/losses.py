@@ -42,6 +42,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from aid_jax import sampling
 from aid_jax.aid.control import GuidanceMeanFn, Rollout
 
 __all__ = [
@@ -337,7 +338,9 @@ def pathwise_actor_loss(
     num_steps = ro.num_steps
     r = ro.r.astype(ro.xs.dtype)
     mu = _means(guidance_mean, ro, step_map)
-    x_next = ro.xs[:-1] + (jax.lax.stop_gradient(ro.drifts) + mu) / num_steps
+    # The rollout's Euler step on the step clock, X_k + Δr (b_k + μ_φ), from the stored b_k.
+    slope = jax.lax.stop_gradient(ro.drifts) + mu
+    x_next = sampling.euler_update(ro.xs[:-1], slope, num_steps=num_steps)
     ks = jnp.arange(1, num_steps, dtype=jnp.int32)
     if num_steps > 1:
         v_mid = _over_steps(value_fn, (ks, r[1:-1], ro.sigmas[1:-1], x_next[:-1]), step_map)

@@ -56,9 +56,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from aid_jax import sampling
 from aid_jax.aid import control, losses
 from aid_jax.gaussian import BENCHMARK_MASKS, GaussianWorld, benchmark_mask
-from aid_jax.sampling import edm_sigmas
+from aid_jax.sampling import EDMSchedule
 
 __all__ = [
     "FEATURES",
@@ -109,8 +110,8 @@ class LQProblem:
         num_steps: K.
         lam: Temperature λ.
         beta: Control-cost weight β.
-        sigmas: float64 ``[K + 1]``: the float32 schedule of ``sampling.edm_sigmas`` (what the
-            JAX sampler runs on), widened.
+        sigmas: float64 ``[K + 1]``: the float32 noise levels of the ``sampling.EDMSchedule``
+            (what the JAX sampler runs on), widened.
     """
 
     world: GaussianWorld
@@ -132,13 +133,11 @@ class LQProblem:
         num_steps: int = 10,
         lam: float = 0.1,
         beta: float = 0.1,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        rho: float = 7.0,
+        schedule: EDMSchedule = EDMSchedule(),  # noqa: B008 (frozen, hashable)
         mask_seed: int = 0,
     ) -> LQProblem:
         """The instance of AID.md §5 (defaults: 8x8, length scale 2, variance 0.25, top half
-        known, K = 10, λ = β = 0.1, EDM schedule)."""
+        known, K = 10, λ = β = 0.1, EDM's ρ-schedule)."""
         world = GaussianWorld.squared_exponential(height, width, length_scale, variance)
         if isinstance(mask, str):
             mask = lq_mask(mask, height, width, mask_seed)
@@ -149,7 +148,7 @@ class LQProblem:
             raise ValueError("mask must have both known (1) and missing (0) pixels")
         if not lam > 0 or not beta > 0:
             raise ValueError(f"lam and beta must be > 0, got {lam}, {beta}")
-        sig = np.asarray(edm_sigmas(num_steps, sigma_min, sigma_max, rho), np.float64)
+        sig = np.asarray(schedule.sigmas(num_steps), np.float64)
         return cls(world, m, int(num_steps), float(lam), float(beta), sig)
 
     # -- basic quantities --------------------------------------------------------------------
@@ -514,27 +513,26 @@ def monte_carlo_cost(
         x0 = jnp.matmul(z, factor.T, precision=jax.lax.Precision.HIGHEST).reshape(batch, *shape)
         y = m * x0
         x_init = sigmas[0] * jax.random.normal(k2, (batch, *shape), jnp.float32)
-        running = jnp.zeros((batch,), jnp.float32)
 
-        def guidance(k, r, sigma, x, den):
-            return mean_fn(k, x, y, den)
-
-        # Accumulate ℓ(μ_k)Δr alongside the sampler via a second scan (Euler deployment).
-        def step(carry, xs):
-            x, run = carry
-            k, sigma, sigma_next = xs
-            den = denoise(x, jnp.broadcast_to(sigma, (batch,)))
-            u = guidance(k, 0.0, sigma, x, den) if mean_fn is not None else jnp.zeros_like(x)
-            run = run + losses.running_cost(u, beta) / k_steps
-            return (control.euler_step(x, den, u, sigma, sigma_next, k_steps), run), None
+        def control_drift(k, r, sigma, x, den, ds_dr):
+            # u_k is the step clock's drift; the scan also stacks it (the aux) for ℓ(u_k).
+            u = mean_fn(k, x, y, den) if mean_fn is not None else jnp.zeros_like(x)
+            return u, u
 
         if solver != "euler":
             raise ValueError("monte_carlo_cost supports solver='euler' only")
-        (x_k, running), _ = jax.lax.scan(
-            step,
-            (x_init, running),
-            (jnp.arange(k_steps, dtype=jnp.int32), sigmas[:-1], sigmas[1:]),
+        x_k, _, controls = sampling.integrate(
+            denoise,
+            x_init,
+            sigmas,
+            solver="euler",
+            clock="step",
+            extra_drift=control_drift,
+            has_aux=True,
         )
+        running = jnp.zeros((batch,), jnp.float32)
+        for cost in losses.running_cost(controls, beta, batch_axes=2) / k_steps:
+            running = running + cost  # Σ_k ℓ(u_k)Δr in step order
         return running + losses.terminal_cost(x_k, x0)
 
     costs = []

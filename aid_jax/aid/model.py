@@ -2,8 +2,9 @@
 and the deployed inpainter (AID.md §3, §6).
 
 * :class:`AIDConfig` — everything static about a trained guidance module: the image shape, the
-  training schedule (K, σ_min, σ_max, ρ), the relaxed problem (λ, β), the terminal cost and the
-  network widths. Hashable, so it is a ``jax.jit`` static argument.
+  training schedule (K and the ``sampling.EDMSchedule`` σ_min, σ_max, ρ), the relaxed problem
+  (λ, β), the terminal cost and the network widths. Hashable, so it is a ``jax.jit`` static
+  argument.
 * :func:`guidance_mean_fn` / :func:`value_fn` — the actor μ_φ and the critic V̂_ψ as the closures
   :mod:`aid_jax.aid.control` and :mod:`aid_jax.aid.losses` take, with (y, m) closed over.
 * :class:`AIDParams` — the frozen backbone's parameters and the actor's, plus both static configs:
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +33,7 @@ import numpy as np
 
 from aid_jax import backbones, sampling
 from aid_jax.aid import control, networks
+from aid_jax.methods.contract import Inpainter, InpaintResult, validate_inputs
 
 __all__ = [
     "AIDConfig",
@@ -57,6 +58,7 @@ class AIDError(ValueError):
     """Bad input to AID (shapes, ranges, masks, or parameters of another backbone)."""
 
 
+@sampling.schedule_aliases
 @dataclasses.dataclass(frozen=True)
 class AIDConfig:
     """Static description of a guidance module and the problem it was trained on.
@@ -64,7 +66,9 @@ class AIDConfig:
     Attributes:
         image_shape: (H, W, C) of the backbone's images.
         num_steps: K, the training sampler's step count (deployment may use any other).
-        sigma_min, sigma_max, rho: The EDM ρ-schedule of the sampler (AID.md §2).
+        schedule: The EDM ρ-schedule of the sampler (AID.md §2), a ``sampling.EDMSchedule``;
+            the flat ``sigma_min``, ``sigma_max``, ``rho`` keywords (ml-collections configs,
+            ``config.aid.sigma_min``) are accepted too and read back as properties.
         sigma_data: EDM's σ_data (the actor's input scaling c_in).
         lam: Temperature λ of the Gaussian policy (per-coordinate std √(2λ/β)).
         beta: Weight β of the running cost (β/2)‖u‖²/d.
@@ -94,9 +98,7 @@ class AIDConfig:
 
     image_shape: tuple[int, int, int]
     num_steps: int = 10
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
+    schedule: sampling.EDMSchedule = sampling.EDMSchedule()
     sigma_data: float = 0.5
     lam: float = 0.01
     beta: float = 0.1
@@ -119,10 +121,6 @@ class AIDConfig:
         object.__setattr__(self, "critic_channels", tuple(int(c) for c in self.critic_channels))
         if int(self.num_steps) < 1:
             raise AIDError(f"num_steps must be >= 1, got {self.num_steps}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise AIDError(
-                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
-            )
         if not self.lam > 0 or not self.beta > 0:
             raise AIDError(f"lam and beta must be > 0, got lam={self.lam}, beta={self.beta}")
         if self.output not in OUTPUTS:
@@ -145,21 +143,26 @@ class AIDConfig:
         return control.gaussian_policy_std(self.lam, self.beta)
 
     def sigmas(self, num_steps: int | None = None) -> jax.Array:
-        return sampling.edm_sigmas(
-            int(num_steps or self.num_steps), self.sigma_min, self.sigma_max, self.rho
-        )
+        """The float32 noise levels ``[N + 1]`` of ``num_steps`` (default K) steps."""
+        return self.schedule.sigmas(int(num_steps or self.num_steps))
 
     def to_dict(self) -> dict:
+        """Plain JSON values (``aid_config.json``); the schedule as a nested dict."""
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> AIDConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
+        """Inverse of :meth:`to_dict`; also reads the flat ``sigma_min`` / ``sigma_max`` /
+        ``rho`` keys of aid_config.json files written before the schedule was nested."""
+        known = {f.name for f in dataclasses.fields(cls)} | set(sampling.SCHEDULE_FIELDS)
         unknown = sorted(set(d) - known)
         if unknown:
             raise AIDError(f"unknown AIDConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if isinstance(fields.get("schedule"), dict):
+            fields["schedule"] = sampling.EDMSchedule(**fields["schedule"])
+        return cls(**fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +225,9 @@ def denoiser_rate(config: AIDConfig, sigma) -> jax.Array:
     (dσ/dr)(x − (D + n))/σ: the network's output n corrects the denoised estimate. c depends on σ
     only (not on K or the solver), so the module means the same thing at any step count.
     """
-    rho = config.rho
-    a, b = config.sigma_max ** (1 / rho), config.sigma_min ** (1 / rho)
+    schedule = config.schedule
+    rho = schedule.rho
+    a, b = schedule.sigma_max ** (1 / rho), schedule.sigma_min ** (1 / rho)
     return rho * (a - b) * jnp.asarray(sigma, jnp.float32) ** (-1.0 / rho)
 
 
@@ -401,7 +405,7 @@ def inpaint(
             denoiser sees them at every step; the guidance network does not take labels.
 
     Returns:
-        ``aid_jax.baselines.InpaintResult`` (``x``, ``nfe``, ``nfe_backward = 0``).
+        ``aid_jax.methods.InpaintResult`` (``x``, ``nfe``, ``nfe_backward = 0``).
 
     Raises:
         AIDError / ValueError: Before anything runs, for wrong shapes, dtypes, ranges, masks that
@@ -411,24 +415,18 @@ def inpaint(
             labels inside a traced caller, as the AID trainer's validation, gets its zero class
             vector, the vector it was trained with.)
     """
-    from aid_jax import baselines
-
     validate_params(params)
     if solver not in control.SOLVERS:
         raise AIDError(f"solver must be one of {control.SOLVERS}, got {solver!r}")
     steps = params.config.num_steps if num_steps is None else num_steps
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise AIDError(f"num_steps must be a positive int, got {num_steps!r}")
-    if not _is_traced(x, mask):
-        baselines.validate_inputs(x, mask, params.config.image_shape)
+    # The contract's checks (shapes only under an outer jit), then AID's own: float images.
+    validate_inputs(x, mask, params.config.image_shape, host_only=False, error=AIDError, name="x")
     x = jnp.asarray(x)
     mask = jnp.asarray(mask)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise AIDError(f"x must be a float array in [-1, 1], got dtype {x.dtype}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != params.config.image_shape:
-        raise AIDError(f"x must be [B, *{params.config.image_shape}] (NHWC), got {x.shape}")
-    if mask.ndim != 4 or mask.shape[1:3] != x.shape[1:3] or mask.shape[0] not in (1, x.shape[0]):
-        raise AIDError(f"mask must be [B, H, W, 1] matching x {x.shape}, got {mask.shape}")
     mask = _check_mask_channels(mask, x.shape[-1])
     if not (labels is None and params.label_dim and _is_traced(x, mask)):
         labels = backbones.prepare_labels(labels, params.label_dim, x.shape[0])
@@ -451,11 +449,9 @@ def _sample(
 ):
     """The jitted core of :func:`inpaint` (inputs already checked; ``mask`` has one channel;
     ``labels`` float32 ``[B, label_dim]`` or None)."""
-    from aid_jax import baselines
-
     mask = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:3] + (1,))
     y = jnp.where(mask > 0.5, x.astype(jnp.float32), 0.0)  # the hole is never read
-    x_init = params.config.sigma_max * jax.random.normal(key, y.shape, jnp.float32)
+    x_init = params.config.schedule.sigma_max * jax.random.normal(key, y.shape, jnp.float32)
     mu = guidance_mean_fn(params.actor, params.config, y, mask)
     if labels is None:
         denoise = params.denoise
@@ -470,21 +466,20 @@ def _sample(
     sample = out.x
     if paste_back:
         sample = mask * y + (1.0 - mask) * sample
-    return baselines.InpaintResult(x=sample, nfe=out.nfe, nfe_backward=0)
+    return InpaintResult(x=sample, nfe=out.nfe, nfe_backward=0)
 
 
 def make_inpainter(
     aid_params: AIDParams, *, num_steps: int | None = None, solver: str = "euler", paste_back=False
-) -> Callable:
-    """``fn(params, y, mask, key, labels=None)`` in the form of ``baselines.make_inpainter`` (for
-    the evaluation harness): ``fn.params`` is the bundle to pass, ``fn.jitted`` the jitted core
-    ``(params, y, mask, key, labels=None)`` (labels float32 ``[B, label_dim]``), ``fn.label_dim``
-    the backbone's number of classes (labels required when > 0, ``backbones.prepare_labels``)."""
-    from aid_jax import baselines
-
+) -> Inpainter:
+    """The :class:`~aid_jax.methods.Inpainter` of a trained module (the registry's ``"aid"``
+    method builds it; ``aid_jax.methods.make_inpainter("aid", checkpoint=...)``): called as
+    ``fn(fn.params, y, mask, key, labels=None)``; ``fn.params`` is the bundle to pass,
+    ``fn.jitted`` the jitted core ``(params, y, mask, key, labels=None)`` (labels float32
+    ``[B, label_dim]``), ``fn.label_dim`` the backbone's number of classes (labels required when
+    > 0, ``backbones.prepare_labels``)."""
     validate_params(aid_params)
     steps = int(num_steps or aid_params.config.num_steps)
-    label_dim = aid_params.label_dim
 
     @jax.jit
     def core(params, y, mask, key, labels=None):
@@ -499,16 +494,13 @@ def make_inpainter(
             labels=labels,
         )
 
-    def fn(params, y, mask, key, labels=None):
-        baselines.validate_inputs(y, mask, aid_params.config.image_shape)
-        labels = backbones.prepare_labels(labels, label_dim, np.shape(y)[0])
-        return core(params, y, mask, key, labels)
-
-    fn.jitted = core
-    fn.params = aid_params
-    fn.method = "aid"
-    fn.label_dim = label_dim
-    fn.options = dict(num_steps=steps, solver=solver, paste_back=paste_back)
-    fn.nfe = control.controlled_nfe(steps, solver)
-    fn.nfe_backward = 0
-    return fn
+    return Inpainter(
+        jitted=core,
+        method="aid",
+        options=dict(num_steps=steps, solver=solver, paste_back=paste_back),
+        nfe=control.controlled_nfe(steps, solver),
+        nfe_backward=0,
+        label_dim=aid_params.label_dim,
+        params=aid_params,
+        image_shape=tuple(aid_params.config.image_shape),
+    )

@@ -3,10 +3,13 @@
     python -m aid_jax.main --config=configs/fashion_mnist.py --config.mode=train_aid \
         --workdir=runs/aid
 
-One readable trainer in banner sections, like aid_jax.pretrain: config -> mesh -> backbone and
-data -> networks and optimisers -> update step -> restore -> loop. The batch, the masks and the
-PRNG key of step s are pure functions of (seed, s), so a run killed at any moment resumes from its
-last checkpoint and continues exactly as an uninterrupted run would.
+This module holds what is AID's own: the networks and optimisers, the state, the update step, the
+step's inputs (images and per-step masks) and the validation hooks (`make_trainer`); the run
+around them (replication on the mesh, jit with donation, restore with a config fingerprint, the
+loop with progress bar, metrics, NaN guard and checkpoints) is aid_jax.train_loop's, shared with
+aid_jax.pretrain. The batch, the masks and the PRNG key of step s are pure functions of (seed, s),
+so a run killed at any moment resumes from its last checkpoint and continues exactly as an
+uninterrupted run would.
 
 Per step (AID.md §4): draw (x0, m), y = m⊙x0, X_0 = σ_max·n; roll out K controlled Euler steps
 under the Gaussian policy with the frozen denoiser forward only (control.rollout); the critic takes
@@ -20,19 +23,15 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from aid_jax import backbones, checkpoint, images, masks, report, sharding
+from aid_jax import backbones, checkpoint, images, masks, sharding, train_loop
 from aid_jax.aid import api, control, losses, model
 from aid_jax.data import pipeline, sources
-from aid_jax.writers import MetricWriter, write_parameter_overview
 
 # Config groups that define the run: resuming with different values is an error.
 RUN_DEFINING = (
@@ -54,10 +53,6 @@ ACTORS = ("lr", "pathwise")
 
 
 ResumeError = checkpoint.ResumeError
-
-
-def run_fingerprint(config) -> dict:
-    return checkpoint.config_fingerprint(config, RUN_DEFINING)
 
 
 def aid_config(config, image_shape) -> model.AIDConfig:
@@ -306,17 +301,14 @@ def _validation_set(config, image_shape, specs):
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The run: aid_jax.train_loop with AID's state, step, inputs and validation hooks
 
 
-def train(config, workdir: str) -> dict:
-    """Train (or resume) AID in ``workdir``; returns the final state and a summary."""
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
+    """The AID run for aid_jax.train_loop: checks, state, step, inputs, validation hooks."""
     t = config.train
 
-    # ------------------------------------------------------------------ mesh, backbone, data
-    mesh = sharding.make_mesh()
+    # ------------------------------------------------------------------ backbone, data
     backbone = backbones.backbone_from_config(config.backbone)
     shape = backbone.image_shape
     cfg = aid_config(config, shape)
@@ -339,142 +331,73 @@ def train(config, workdir: str) -> dict:
     actor_tx, critic_tx = make_optimizers(config)
     root = jax.random.key(int(config.seed))
     init_key, train_key, val_key = jax.random.split(root, 3)
-    replicated = sharding.replicated(mesh)
-    state = sharding.replicate(init_state(config, cfg, actor_tx, critic_tx, init_key), mesh)
-    state_sharding = jax.tree.map(lambda _: replicated, state)
     backbone_params = sharding.replicate(backbone.params, mesh)
 
-    # ------------------------------------------------------------------ update step
-    train_step = jax.jit(
-        make_train_step(config, cfg, backbone.config, actor_tx, critic_tx),
-        donate_argnums=0,
-        out_shardings=(state_sharding, replicated),
-    )
+    def inputs_at(step):
+        x0 = train_loop.host_images(source, step, rows, config.seed)
+        m = masks_at(specs, x0.shape[0], shape[:2], int(config.seed), step)
+        return (backbone_params, *train_loop.global_batch(mesh, x0, m), train_key)
+
+    # ------------------------------------------------------------------ validation hooks
     validate = make_validate(cfg, backbone.config, sha)
-
-    # ------------------------------------------------------------------ restore
-    manager = checkpoint.make_manager(workdir / "checkpoints", max_to_keep=int(t.keep))
-    fingerprint = run_fingerprint(config)
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
-    )
-    restored = checkpoint.restore_run(manager, abstract, fingerprint, workdir)
-    if restored is not None:
-        step0, state, meta = restored
-        print(f"resumed AID training from step {step0} in {workdir}")
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
-    write_run_manifest(workdir, cfg, config, sha)
-    write_parameter_overview(workdir, actor=state["actor"], critic=state["critic"])
-
-    # ------------------------------------------------------------------ loop
-    writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
     val_x0, val_mask = _validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
-    # The zero network: the unguided sampler (aid.base = "none") or the projection sampler.
-    zero_actor = jax.tree.map(jnp.zeros_like, state["actor"])
-    _, init_mse = validate(backbone_params, zero_actor, val_x0_d, val_mask_d, val_key)
-    init_mse = float(np.mean(np.asarray(init_mse)))
-    stop = {"flag": False}
+    summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None)
 
-    def request_stop(signum, frame):  # SIGTERM: finish the step, checkpoint, exit cleanly
-        stop["flag"] = True
+    def on_start(state, writer):
+        write_run_manifest(writer.workdir, cfg, config, sha)
+        # The zero network: the unguided sampler (aid.base = "none") or the projection sampler.
+        zero_actor = jax.tree.map(jnp.zeros_like, state["actor"])
+        _, init_mse = validate(backbone_params, zero_actor, val_x0_d, val_mask_d, val_key)
+        summary["val_mse_hole_init"] = float(np.mean(np.asarray(init_mse)))
 
-    old_handler = signal.signal(signal.SIGTERM, request_stop)
-    start = int(jax.device_get(state["step"]))
-    num_steps = int(t.num_steps)
-    meta = dict(fingerprint=fingerprint, date=datetime.datetime.now().isoformat())
-    t0, last_logged = time.perf_counter(), start
-    bar = tqdm(total=num_steps, initial=start, desc="train AID", unit="step", smoothing=0.05)
-    step = start
-    last_val = None
-    put = sharding.batch_sharding(mesh)
-    try:
-        while step < num_steps and not stop["flag"]:
-            x0 = pipeline.batch_at(
-                source,
+    def on_step(step, state, writer):  # validation grids and MSE every eval_every steps
+        if (t.eval_every and step % int(t.eval_every) == 0) or step == int(t.num_steps):
+            x_val, mse = validate(
+                backbone_params, state["actor_ema"], val_x0_d, val_mask_d, val_key
+            )
+            summary["val_mse_hole"] = float(np.mean(np.asarray(mse)))
+            writer.write_scalars(
                 step,
-                batch_size=rows,
-                seed=int(config.seed),
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )["image"]
-            m = masks_at(specs, x0.shape[0], shape[:2], int(config.seed), step)
-            x0_d = jax.make_array_from_process_local_data(put, x0)
-            m_d = jax.make_array_from_process_local_data(put, m)
-            state, metrics = train_step(state, backbone_params, x0_d, m_d, train_key)
-            step += 1
-            bar.update(1)
-            if step % int(t.log_every) == 0 or step == num_steps:
-                metrics = jax.device_get(metrics)  # the only host sync, every log_every steps
-                if not np.isfinite(metrics["critic_loss"]):
-                    raise FloatingPointError(f"critic loss is not finite at step {step}; stopping")
-                elapsed = time.perf_counter() - t0
-                metrics["steps_per_s"] = (step - last_logged) / max(elapsed, 1e-9)
-                t0, last_logged = time.perf_counter(), step
-                writer.write_scalars(step, metrics)
-                bar.set_postfix(
-                    psi=f"{metrics['terminal_loss']:.4f}", delta=f"{metrics['delta_std']:.3g}"
-                )
-            if (t.eval_every and step % int(t.eval_every) == 0) or step == num_steps:
-                x_val, mse = validate(
-                    backbone_params, state["actor_ema"], val_x0_d, val_mask_d, val_key
-                )
-                last_val = float(np.mean(np.asarray(mse)))
-                writer.write_scalars(
-                    step, {"val_mse_hole": last_val, "val_mse_hole_init": init_mse}
-                )
-                _write_grid(workdir, step, val_x0, val_mask, np.asarray(x_val), writer)
-            if step % int(t.checkpoint_every) == 0:
-                checkpoint.save_train_state(manager, step, state, meta)
-    except KeyboardInterrupt:
-        stop["flag"] = True
-    finally:
-        bar.close()
-        signal.signal(signal.SIGTERM, old_handler)
-        # Whatever ended the loop (done, SIGTERM, Ctrl-C, an error), keep the progress made.
-        if step > 0 and manager.latest_step() != step:
-            checkpoint.save_train_state(manager, step, state, meta)
-        manager.close()
-        writer.close()
-    return {
-        "state": state,
-        "step": step,
-        "config": cfg,
-        "workdir": str(workdir),
-        "val_mse_hole": last_val,
-        "val_mse_hole_init": init_mse,
-        "train_step": train_step,
-    }
+                {
+                    "val_mse_hole": summary["val_mse_hole"],
+                    "val_mse_hole_init": summary["val_mse_hole_init"],
+                },
+            )
+            _write_grid(writer, step, val_x0, val_mask, np.asarray(x_val))
+
+    return train_loop.Trainer(
+        name="train AID",
+        config=config,
+        run_defining=RUN_DEFINING,
+        mesh=mesh,
+        init_state=lambda: init_state(config, cfg, actor_tx, critic_tx, init_key),
+        step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx),
+        inputs_at=inputs_at,
+        loss="critic_loss",
+        parameters=lambda state: dict(actor=state["actor"], critic=state["critic"]),
+        postfix=lambda m: dict(psi=f"{m['terminal_loss']:.4f}", delta=f"{m['delta_std']:.3g}"),
+        resumed="resumed AID training",
+        on_start=on_start,
+        on_step=on_step,
+        summary=summary,
+    )
 
 
-def _write_grid(workdir, step, x0, mask, x, writer, num: int = 8):
+def train(config, workdir: str) -> dict:
+    """Train (or resume) AID in ``workdir``; returns the final state and a summary."""
+    return train_loop.run(make_trainer(config, sharding.make_mesh()), workdir)
+
+
+def _write_grid(writer, step, x0, mask, x, num: int = 8):
     cols = [
-        ("observed", report.observed_view(x0[:num], mask[:num])),
+        ("observed", images.observed_view(x0[:num], mask[:num])),
         ("AID", x[:num]),
         ("ground truth", x0[:num]),
     ]
-    img, _ = report.comparison_grid(cols)
-    (workdir / "samples").mkdir(exist_ok=True)
-    images.save_png(img, workdir / "samples" / f"step_{step:07d}.png", upscale=2)
-    writer.write_images(step, {"validation": img})
-
-
-def evaluation_config(config, workdir: str | None = None):
-    """The harness config for an AID run: ``data`` = ``eval_data`` (the test split) and every
-    ``aid`` method without a checkpoint pointed at ``workdir``. Configs without ``eval_data``
-    (e.g. configs/eval_fashion_mnist.py) are returned unchanged."""
-    if "eval_data" not in config and "methods" not in config:
-        return config
-    out = config.copy_and_resolve_references()
-    with out.unlocked():
-        if "eval_data" in out:
-            out.data = out.eval_data
-        for entry in out.methods.values():
-            aid = entry.get("method") == "aid"
-            if aid and workdir is not None and not entry.options.get("checkpoint"):
-                entry.options.checkpoint = str(workdir)
-    return out
+    img, _ = images.comparison_grid(cols)
+    train_loop.save_grid(writer, step, "validation", img)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,9 +435,9 @@ def export(workdir: str, out: str) -> pathlib.Path:
 __all__ = [
     "ResumeError",
     "aid_config",
-    "evaluation_config",
     "export",
     "make_train_step",
+    "make_trainer",
     "masks_at",
     "train",
 ]

@@ -9,13 +9,14 @@ Reads four formats into a NumPy state dict with torch's key names, key order, la
 * ``torch-legacy``: pre-1.6 ``torch.save`` files (``_use_new_zipfile_serialization=False``).
 * ``safetensors``.
 
-Safety model: pickles are read with a subclass of pickle's (pure-Python) ``Unpickler`` whose
-``find_class`` consults an exact ``(module, name)`` allowlist and returns inert stand-ins written
-here; nothing named in the file is ever imported, and nothing it names outside the allowlist is
-ever called. Everything the
-stand-ins receive is validated (types, ranges, buffer bounds) before it is used, so a corrupt file
-raises :class:`CheckpointError` instead of reading stray memory. The embedded ``module_src`` of
-NVIDIA's persistence wrapper is never read, let alone executed. The formats are described in
+Safety model: pickles are read with :class:`aid_jax.backbones.torch_archive.RestrictedUnpickler`
+(pickle's pure-Python ``Unpickler`` whose ``find_class`` consults an exact ``(module, name)``
+allowlist and returns inert stand-ins); nothing named in the file is ever imported, and nothing it
+names outside the allowlist is ever called. Everything the stand-ins receive is validated (types,
+ranges, buffer bounds) before it is used, so a corrupt file raises :class:`CheckpointError` instead
+of reading stray memory. The allowlists of this module add to ``torch_archive``'s tensor and NumPy
+stand-ins only what NVIDIA pickles and state dicts need. The embedded ``module_src`` of NVIDIA's
+persistence wrapper is never read, let alone executed. The formats are described in
 ``docs/EDM_REFERENCE.md`` §8.
 """
 
@@ -29,18 +30,15 @@ import itertools
 import json
 import math
 import os
-import pickle
-import re
-import reprlib
 import struct
-import types
-import zipfile
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from aid_jax.backbones import torch_archive as ta
+from aid_jax.backbones.torch_archive import CheckpointError, UnsafeCheckpointError
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "UnsafeCheckpointError", "read_checkpoint"]
 
@@ -48,14 +46,6 @@ _EXPECTED = (
     "expected an NVIDIA EDM/EDM2 network pickle (.pkl), a torch.save file of a state dict "
     "(.pt/.pth/.bin, zip or legacy format) or a .safetensors file"
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read; the message names the file and what was expected."""
-
-
-class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """A pickle referenced a global (or object kind) that is not on the allowlist."""
 
 
 @dataclasses.dataclass(repr=False)
@@ -85,21 +75,6 @@ _LEGACY_PROTOCOL = 1001
 # LONG1 encoding of the magic number; a legacy torch.save file starts with a pickle of it.
 _LEGACY_MAGIC_OPCODES = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
-_STORAGE_DTYPES: dict[str, np.dtype] = {
-    "DoubleStorage": np.dtype("<f8"),
-    "FloatStorage": np.dtype("<f4"),
-    "HalfStorage": np.dtype("<f2"),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-    "ComplexFloatStorage": np.dtype("<c8"),
-    "ComplexDoubleStorage": np.dtype("<c16"),
-}
-
 _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -127,58 +102,11 @@ _BLOB_HEADER_MAX = 4096  # a legacy storage blob's five header pickles take ~300
 
 
 # --------------------------------------------------------------------------------------------
-# Inert stand-ins for the allowlisted globals. None of them has behaviour beyond recording and
-# validating data; BUILD (``__setstate__``) is refused wherever the real format never uses it.
+# Inert stand-ins for the globals of NVIDIA pickles (tensors, storages and NumPy arrays are
+# torch_archive's). BUILD (``__setstate__``) is refused wherever the real format never uses it.
 
 
-class _Inert:
-    __slots__ = ()
-
-    def __setstate__(self, state: Any) -> None:
-        raise CheckpointError(f"unexpected BUILD of a {type(self).__name__} object")
-
-
-class _StorageType(_Inert):
-    """Stand-in for ``torch.<Type>Storage``: only carries the element dtype."""
-
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name: str, dtype: np.dtype):
-        self.name = name
-        self.dtype = dtype
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise CheckpointError(f"storage type torch.{self.name} may only appear in a storage id")
-
-    def __repr__(self) -> str:
-        return f"torch.{self.name}"
-
-
-class _Storage(_Inert):
-    """One typed storage; ``array`` is a 1-D read-only view once its bytes are located."""
-
-    __slots__ = ("dtype", "numel", "key", "array")
-
-    def __init__(self, dtype: np.dtype, numel: int, key: str):
-        self.dtype = dtype
-        self.numel = numel
-        self.key = key
-        self.array: np.ndarray | None = None
-
-
-class _TensorRef(_Inert):
-    """A tensor as (storage, offset, size, stride); materialised into a copy after loading."""
-
-    __slots__ = ("storage", "offset", "size", "stride")
-
-    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
-        self.storage = storage
-        self.offset = offset
-        self.size = size
-        self.stride = stride
-
-
-class _PersistentObj(_Inert):
+class _PersistentObj(ta.Inert):
     """Stand-in for an object of a ``torch_utils.persistence`` class: its name and __dict__."""
 
     __slots__ = ("class_name", "state")
@@ -188,31 +116,10 @@ class _PersistentObj(_Inert):
         self.state = state
 
 
-class _ModuleStub:
-    """Stand-in for torch container modules (ModuleDict etc.), created by NEWOBJ + BUILD."""
-
-    __slots__ = ("state",)
-    torch_class = "Module"
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        if args or kwargs:
-            raise CheckpointError(f"unexpected constructor arguments for {cls.torch_class}")
-        return super().__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Pickle's INST/OBJ paths call the class; only argument-free construction is valid.
-        if args or kwargs:
-            raise CheckpointError(f"unexpected constructor arguments for {self.torch_class}")
-
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, dict) or hasattr(self, "state"):
-            raise CheckpointError(f"malformed state for {self.torch_class}")
-        self.state = state
-
-
+# Torch container modules (ModuleDict etc.), created by NEWOBJ + BUILD; named as torch does in
+# state-dict module listings ("ModuleDict").
 _MODULE_STUBS = {
-    name: type(name, (_ModuleStub,), {"__slots__": (), "torch_class": name})
-    for name in ("ModuleDict", "ModuleList", "Sequential")
+    name: ta.ModuleRecord.subclass(name) for name in ("ModuleDict", "ModuleList", "Sequential")
 }
 
 
@@ -224,144 +131,6 @@ class _EasyDict(dict):
     def __setstate__(self, state: Any) -> None:
         if state:
             raise CheckpointError("unexpected BUILD state for dnnlib.util.EasyDict")
-
-
-class _NDArrayMarker(_Inert):
-    """Stand-in for the ``numpy.ndarray`` class; only valid as ``_reconstruct``'s first argument."""
-
-    __slots__ = ()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise CheckpointError("numpy.ndarray may only be used through numpy _reconstruct")
-
-
-_NDARRAY = _NDArrayMarker()
-_DTYPE_SPEC = re.compile(r"[biufc][0-9]{1,2}\Z")
-
-
-class _DType:
-    """Stand-in for ``numpy.dtype(spec, align, copy)`` + BUILD; only plain numeric dtypes.
-
-    Object, structured, string and void dtypes are refused: a pickled object array carries
-    arbitrary pickled objects, and structured dtypes can nest object fields.
-    """
-
-    __slots__ = ("spec", "order", "_built")
-
-    def __init__(self, spec: Any = None, align: Any = False, copy: Any = True):
-        if not isinstance(spec, str) or not _DTYPE_SPEC.match(spec):
-            raise UnsafeCheckpointError(
-                f"numpy.dtype({spec!r}) refused: only plain numeric dtypes are allowed "
-                "(object/structured dtypes can smuggle pickled code)"
-            )
-        try:
-            np.dtype(spec)
-        except TypeError as e:
-            raise CheckpointError(f"invalid numpy dtype {spec!r}") from e
-        self.spec = spec
-        self.order = "="
-        self._built = False
-
-    def __setstate__(self, state: Any) -> None:
-        # numpy writes (version, byteorder, subarray, names, fields, elsize, alignment, flags[,
-        # metadata]); every field beyond the byte order must be empty for a numeric dtype.
-        ok = (
-            not self._built
-            and isinstance(state, tuple)
-            and len(state) in (8, 9)
-            and state[0] in (3, 4)
-            and state[1] in ("<", ">", "|", "=")
-            and state[2] is None
-            and state[3] is None
-            and state[4] is None
-            and all(type(x) is int for x in state[5:8])
-            and state[7] == 0
-            and (len(state) == 8 or not state[8])
-        )
-        if not ok:
-            raise UnsafeCheckpointError(
-                f"numpy.dtype state {_brief(state)} refused: only plain numeric dtypes are allowed"
-            )
-        self.order = state[1]
-        self._built = True
-
-    def resolve(self) -> np.dtype:
-        if not hasattr(self, "spec"):
-            raise CheckpointError("numpy.dtype created without arguments")
-        dt = np.dtype(self.spec)
-        if self.order in "<>":
-            dt = dt.newbyteorder(self.order)
-        return dt
-
-
-class _ArrayStub:
-    """Stand-in for ``numpy._core.multiarray._reconstruct(ndarray, ...)`` + BUILD."""
-
-    __slots__ = ("array",)
-
-    def __init__(self) -> None:
-        self.array: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if self.array is not None:
-            raise CheckpointError("numpy array built twice")
-        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
-            raise CheckpointError(f"malformed numpy array state {_brief(state)}")
-        _, shape, dtype, is_fortran, raw = state
-        if not isinstance(dtype, _DType):
-            raise UnsafeCheckpointError(
-                "numpy array refused: its dtype is not a plain numeric numpy.dtype"
-            )
-        if not isinstance(raw, _BYTES):
-            raise UnsafeCheckpointError(
-                "numpy array refused: its data is not raw bytes (object arrays are not allowed)"
-            )
-        shape = _check_shape(shape, "numpy array shape")
-        dt = dtype.resolve()
-        n = math.prod(shape)
-        if len(raw) != n * dt.itemsize:
-            raise CheckpointError(
-                f"numpy array data has {len(raw)} bytes, expected {n * dt.itemsize} for "
-                f"shape {shape} and dtype {dt}"
-            )
-        flat = np.frombuffer(raw, dtype=dt, count=n) if n else np.zeros(0, dt)
-        order = "F" if is_fortran else "C"
-        self.array = np.array(flat.reshape(shape, order=order), order="C", copy=True)
-
-    def resolve(self) -> np.ndarray:
-        if self.array is None:
-            raise CheckpointError("numpy array reconstructed without data")
-        return self.array
-
-
-def _np_reconstruct(cls: Any, shape: Any = None, typecode: Any = None) -> _ArrayStub:
-    if cls is not _NDARRAY:
-        raise UnsafeCheckpointError(
-            "numpy _reconstruct refused: only plain numpy.ndarray may be reconstructed"
-        )
-    return _ArrayStub()
-
-
-def _np_scalar(dtype: Any, data: Any = None) -> np.generic:
-    if not isinstance(dtype, _DType):
-        raise UnsafeCheckpointError("numpy scalar refused: dtype is not a plain numeric dtype")
-    if not isinstance(data, _BYTES):
-        raise UnsafeCheckpointError("numpy scalar refused: data is not raw bytes (object scalar)")
-    dt = dtype.resolve()
-    if len(data) != dt.itemsize:
-        raise CheckpointError(f"numpy scalar of dtype {dt} has {len(data)} bytes")
-    return np.frombuffer(data, dtype=dt, count=1)[0].copy()
-
-
-def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> _ArrayStub:
-    # Protocol-5 pickles of arrays: numpy._core.numeric._frombuffer(bytes, dtype, shape, order).
-    if not isinstance(dtype, _DType):
-        raise UnsafeCheckpointError("numpy array refused: dtype is not a plain numeric dtype")
-    if not isinstance(buf, _BYTES) or order not in ("C", "F"):
-        raise CheckpointError("malformed protocol-5 numpy array")
-    stub = _ArrayStub()
-    stub.__setstate__((1, shape, dtype, order == "F", buf))
-    return stub  # (a built stub refuses a second BUILD; a real ndarray would accept one)
 
 
 def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
@@ -392,89 +161,6 @@ def _check_iterable(items: Any) -> Any:
     return items
 
 
-class _BriefRepr(reprlib.Repr):
-    """Bounded repr for error messages: depth 3, a few items per container.
-
-    Plain ``repr`` is unsafe on unpickled data: a pickle can share one list exponentially
-    often, and reprlib itself falls back to full ``repr`` for subclasses such as OrderedDict.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel, self.maxstring, self.maxother = 3, 80, 80
-
-    def repr_instance(self, x: Any, level: int) -> str:
-        if isinstance(x, dict):
-            return self.repr_dict(x, level)
-        if isinstance(x, list):
-            return self.repr_list(x, level)
-        if isinstance(x, tuple):
-            return self.repr_tuple(x, level)
-        if isinstance(x, set | frozenset):
-            return self.repr_frozenset(frozenset(x), level)
-        if isinstance(x, bytes | bytearray | memoryview):
-            return repr(bytes(x[:40])) + ("..." if len(x) > 40 else "")
-        if isinstance(x, _Inert | _ModuleStub | _DType | _ArrayStub | np.generic):
-            return super().repr_instance(x, level)
-        return f"<{type(x).__name__}>"
-
-
-_REPR = _BriefRepr()
-
-
-def _brief(obj: Any) -> str:
-    try:
-        return _REPR.repr(obj)
-    except Exception:  # an odd object must not hide the real error
-        return f"<{type(obj).__name__}>"
-
-
-def _check_int(x: Any, what: str, minimum: int = 0) -> int:
-    if type(x) is not int or x < minimum:
-        raise CheckpointError(f"{what} must be an integer >= {minimum}, got {_brief(x)}")
-    return x
-
-
-def _check_shape(shape: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(shape, tuple | list) or len(shape) > 64:
-        raise CheckpointError(f"{what} must be a tuple of at most 64 integers, got {_brief(shape)}")
-    return tuple(_check_int(s, what) for s in shape)
-
-
-def _rebuild_tensor_v2(
-    storage: Any,
-    storage_offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> _TensorRef:
-    if not isinstance(storage, _Storage):
-        raise CheckpointError(f"tensor storage must be a torch storage, got {type(storage)!r}")
-    offset = _check_int(storage_offset, "tensor storage offset")
-    size = _check_shape(size, "tensor size")
-    stride = _check_shape(stride, "tensor stride")
-    if len(size) != len(stride):
-        raise CheckpointError(f"tensor size {size} and stride {stride} differ in length")
-    if type(requires_grad) is not bool:
-        raise CheckpointError("tensor requires_grad must be a bool")
-    if backward_hooks is not None and not isinstance(backward_hooks, dict):
-        raise CheckpointError("tensor backward hooks must be a dict")
-    if metadata:
-        # Negative/conjugate views would need value changes we do not implement.
-        raise CheckpointError(f"unsupported tensor metadata {_brief(metadata)}")
-    return _TensorRef(storage, offset, size, stride)
-
-
-def _rebuild_parameter(
-    data: Any, requires_grad: Any = True, backward_hooks: Any = None, state: Any = None
-) -> _TensorRef:
-    if not isinstance(data, _TensorRef):
-        raise CheckpointError(f"parameter data must be a tensor, got {type(data)!r}")
-    return data
-
-
 def _reconstruct_persistent_obj(meta: Any) -> _PersistentObj:
     # meta['module_src'] is deliberately never looked at: NVIDIA's own loader exec()s it.
     if not isinstance(meta, dict) or dict.get(meta, "type") != "class":
@@ -485,26 +171,12 @@ def _reconstruct_persistent_obj(meta: Any) -> _PersistentObj:
     return _PersistentObj(class_name, dict.get(meta, "state"))
 
 
-# Storage-type stand-ins are immutable (slots, BUILD refused), so one shared set suffices.
-_STORAGE_TYPE_GLOBALS = {("torch", n): _StorageType(n, dt) for n, dt in _STORAGE_DTYPES.items()}
-
-
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    out: dict[tuple[str, str], Any] = {("numpy", "dtype"): _DType, ("numpy", "ndarray"): _NDARRAY}
-    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        out[(mod, "scalar")] = _np_scalar
-        out[(mod, "_reconstruct")] = _np_reconstruct
-    for mod in ("numpy._core.numeric", "numpy.core.numeric"):
-        out[(mod, "_frombuffer")] = _np_frombuffer
-    return out
-
-
 def _common_globals() -> dict[tuple[str, str], Any]:
     out: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_tensor_v2"): ta.rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): ta.rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): ta.rebuild_parameter,
         ("_codecs", "encode"): _codecs_encode,
         ("builtins", "set"): _make_set,
         ("builtins", "frozenset"): _make_frozenset,
@@ -514,209 +186,36 @@ def _common_globals() -> dict[tuple[str, str], Any]:
         ("__builtin__", "bytes"): _empty_bytes,
         ("dnnlib.util", "EasyDict"): _EasyDict,
     }
-    out.update(_numpy_globals())
+    out.update(ta.numpy_globals())
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# The restricted unpickler.
-
-
 _BYTES = (bytes, bytearray, memoryview)
-
-
-class _ViewFile:
-    """Read-only file over a buffer for the unpickler; large reads are zero-copy views.
-
-    Pickled storages (megabytes each) then stay views of the file's bytes until the final
-    tensor copies, which keeps peak memory near twice the file size instead of three times.
-    """
-
-    __slots__ = ("_buf", "_pos")
-    _COPY_BELOW = 1 << 16  # small reads return bytes, as pickle's own code expects
-
-    def __init__(self, buf: Any):
-        self._buf = memoryview(buf).cast("B")
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self._buf)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._buf)}[whence]
-        self._pos = min(max(base + offset, 0), len(self._buf))
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes | memoryview:
-        start = self._pos
-        end = len(self._buf) if n is None or n < 0 else min(start + n, len(self._buf))
-        self._pos = end
-        view = self._buf[start:end]
-        return view if end - start >= self._COPY_BELOW else view.tobytes()
-
-    def readline(self) -> bytes:  # protocol-0 text opcodes
-        start = pos = self._pos
-        end = len(self._buf)
-        while pos < end:
-            i = self._buf[pos : pos + 4096].tobytes().find(b"\n")
-            if i >= 0:
-                end = pos + i + 1
-                break
-            pos += 4096
-        self._pos = end
-        return self._buf[start:end].tobytes()
-
-
-class _Callable:
-    """Wraps a stand-in function so a pickle cannot BUILD (mutate) it: no __dict__, no setstate.
-
-    Without this, BUILD on a function object fetched through GLOBAL would write to its
-    ``__dict__`` or, via slot state, ``setattr`` e.g. its ``__defaults__``, process-wide.
-    """
-
-    __slots__ = ("_fn", "_name")
-
-    def __init__(self, fn: Callable[..., Any], name: str):
-        self._fn = fn
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fn(*args, **kwargs)
-
-    def __setstate__(self, state: Any) -> None:
-        raise CheckpointError(f"unexpected BUILD of {self._name}")
-
-
-# The pure-Python unpickler is used on purpose (it is as fast here: the work is in a few large
-# opcodes). The C one grows its memo *array* to the index named by PUT/LONG_BINPUT, so a 5-byte
-# opcode such as LONG_BINPUT 2**31 makes it allocate and zero gigabytes; the Python one keeps
-# its memo in a dict. Both call the overridden find_class/persistent_load identically.
-class _RestrictedUnpickler(pickle._Unpickler):
-    """Unpickler that resolves globals only through an exact allowlist of inert stand-ins."""
-
-    dispatch = pickle._Unpickler.dispatch.copy()
-
-    def __init__(
-        self,
-        file: _ViewFile | io.BytesIO,
-        path: str,
-        context: str,
-        allowed: Mapping[tuple[str, str], Any],
-        persistent: Callable[[Any], Any] | None = None,
-    ):
-        super().__init__(file)
-        pos = file.tell()
-        self._size = file.seek(0, io.SEEK_END)  # bounds BYTEARRAY8 allocations
-        file.seek(pos)
-        self._path = path
-        self._context = context
-        self._allowed = allowed
-        self._persistent = persistent
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Called for GLOBAL, STACK_GLOBAL, INST and EXT before anything is invoked; nothing is
-        # imported, so a refused name never runs and an allowed one maps to our stand-in.
-        try:
-            obj = self._allowed[(module, name)]
-        except (KeyError, TypeError):
-            pass
-        else:
-            if isinstance(obj, types.FunctionType | types.MethodType):
-                return _Callable(obj, f"{module}.{name}")
-            return obj
-        full = f"{module}.{name}"
-        if len(full) > 200:
-            full = full[:200] + "..."
-        hint = ""
-        if isinstance(module, str) and (module.startswith("torch.nn") or module == "__main__"):
-            hint = (
-                " This looks like a whole-module save; only state dicts can be read without "
-                "running code: re-save it with torch.save(model.state_dict(), ...)."
-            )
-        raise UnsafeCheckpointError(
-            f"{self._path}: refusing to load: the {self._context} references the global "
-            f"{full!r}, which is not on the allowlist of this code-free reader (unpickling it "
-            f"could run arbitrary code).{hint} If you trust the file, open it with its original "
-            "code in a sandbox and re-save the weights as safetensors."
-        )
-
-    def _load_bytearray8(self) -> None:
-        # pickle allocates (and zero-fills) the declared size before reading: bound it first.
-        (n,) = struct.unpack("<Q", self.read(8))
-        if n > self._size:
-            raise CheckpointError(f"{self._path}: bytearray of {n} bytes exceeds the file size")
-        buf = bytearray(n)
-        self.readinto(buf)
-        self.append(buf)
-
-    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
-
-    def get_extension(self, code: int) -> Any:
-        # EXT1/2/4 resolve through copyreg's process-wide registry and cache, which would
-        # bypass find_class; neither torch nor NVIDIA ever writes them.
-        raise CheckpointError(
-            f"{self._path}: pickle extension code {code} in the {self._context} is not supported"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        if self._persistent is None:
-            raise CheckpointError(
-                f"{self._path}: unexpected persistent id {_brief(pid)} in the {self._context}"
-            )
-        return self._persistent(pid)
-
-
-def _parse_storage_pid(pid: Any, length: int, path: str, context: str) -> tuple:
-    """Validate ('storage', torch.<Type>Storage, key, location, numel[, None])."""
-    ok = (
-        isinstance(pid, tuple)
-        and len(pid) == length
-        and pid[0] == "storage"
-        and isinstance(pid[1], _StorageType)
-        and isinstance(pid[2], str)
-        and re.fullmatch(r"[A-Za-z0-9_]{1,64}", pid[2]) is not None
-        and isinstance(pid[3], str)
-        and type(pid[4]) is int
-        and pid[4] >= 0
-        and (length == 5 or pid[5] is None)
-    )
-    if not ok:
-        tail = ", None" if length == 6 else ""
-        raise CheckpointError(
-            f"{path}: malformed persistent id {_brief(pid)} in the {context}; expected "
-            f"('storage', torch.<Type>Storage, key, location, numel{tail})"
-        )
-    return pid
 
 
 # --------------------------------------------------------------------------------------------
 # The reader.
 
 
-class _Reader:
+class _Reader(ta.UntrustedFile):
+    """The file's bytes plus the checkpoint formats (tensors: :class:`ta.UntrustedFile`)."""
+
     def __init__(self, path: str, data: bytes):
-        self.path = path
-        self.data = data
-        # Materialised tensors may not exceed a few times the file size: guards against
-        # zero-stride "expanded" tensors declaring absurd sizes.
-        self.budget = 4 * len(data) + 64 * 2**20
-        self.tensor_cache: dict[int, np.ndarray] = {}
+        super().__init__(path, data)
         self.plain_memo: dict[int, Any] = {}
         self.plain_active: set[int] = set()
 
-    def error(self, msg: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {msg}")
+    def release(self) -> None:
+        super().release()
+        self.plain_memo.clear()
 
     # ---- pickles ------------------------------------------------------------------------------
 
-    def load_plain(self, f: _ViewFile | io.BytesIO, context: str) -> Any:
+    def load_plain(self, f: ta.ViewFile | io.BytesIO, context: str) -> Any:
         """Unpickle one small pickle that may reference no globals at all."""
-        return _RestrictedUnpickler(f, self.path, context, {}).load()
+        return ta.RestrictedUnpickler(f, self.path, context, {}).load()
 
-    def load_from_bytes(self, blob: Any) -> _Storage:
+    def load_from_bytes(self, blob: Any) -> ta.Storage:
         """Stand-in for ``torch.storage._load_from_bytes``: parse one legacy storage blob."""
         if not isinstance(blob, _BYTES):
             raise self.error("torch.storage._load_from_bytes expects a bytes argument")
@@ -730,18 +229,18 @@ class _Reader:
         if self.load_plain(f, ctx) != _LEGACY_PROTOCOL:
             raise self.error(f"{ctx} has an unsupported protocol version (expected 1001)")
         self.check_sys_info(self.load_plain(f, ctx), ctx)
-        declared: list[_Storage] = []
+        declared: list[ta.Storage] = []
 
-        def persistent(pid: Any) -> _Storage:
-            _parse_storage_pid(pid, 6, self.path, ctx)
+        def persistent(pid: Any) -> ta.Storage:
+            ta.parse_storage_pid(pid, 6, self.path, ctx)
             if declared:
                 raise self.error(f"{ctx} declares more than one storage")
-            st = _Storage(pid[1].dtype, pid[4], pid[2])
+            st = ta.Storage(pid[1].dtype, pid[4], pid[2])
             declared.append(st)
             return st
 
-        st = _RestrictedUnpickler(f, self.path, ctx, _STORAGE_TYPE_GLOBALS, persistent).load()
-        if not isinstance(st, _Storage):
+        st = ta.RestrictedUnpickler(f, self.path, ctx, ta.storage_type_globals(), persistent).load()
+        if not isinstance(st, ta.Storage):
             raise self.error(f"{ctx} does not contain a storage")
         if self.load_plain(f, ctx) != [st.key]:
             raise self.error(f"{ctx} key list does not match its storage key {st.key!r}")
@@ -763,56 +262,9 @@ class _Reader:
 
     def check_sys_info(self, info: Any, ctx: str) -> None:
         if not isinstance(info, dict) or dict.get(info, "protocol_version") != _LEGACY_PROTOCOL:
-            raise self.error(f"{ctx} has malformed system info {_brief(info)}")
+            raise self.error(f"{ctx} has malformed system info {ta.brief(info)}")
         if dict.get(info, "little_endian") is not True:
             raise self.error(f"{ctx} was written on a big-endian machine; not supported")
-
-    def frombuffer(self, buf: Any, dtype: np.dtype, numel: int, offset: int) -> np.ndarray:
-        if numel == 0:
-            return np.zeros(0, dtype)
-        arr = np.frombuffer(buf, dtype=dtype, count=numel, offset=offset)
-        if dtype == np.bool_ and (arr.view(np.uint8) > 1).any():
-            raise self.error("boolean storage holds bytes other than 0 and 1")
-        return arr
-
-    # ---- tensors ------------------------------------------------------------------------------
-
-    def materialize(self, ref: _TensorRef) -> np.ndarray:
-        """Copy a (storage, offset, size, stride) view out of its storage, bounds-checked."""
-        cached = self.tensor_cache.get(id(ref))
-        if cached is not None:
-            return cached
-        st = ref.storage
-        if st.array is None:
-            raise self.error(f"storage {st.key!r} is referenced but its data is missing")
-        n = math.prod(ref.size)
-        nbytes = n * st.dtype.itemsize
-        if nbytes > self.budget:
-            raise self.error(
-                f"tensor of size {ref.size} ({nbytes} bytes) exceeds the memory budget for a "
-                f"{len(self.data)}-byte file; the file is corrupt"
-            )
-        if n == 0:
-            out = np.zeros(ref.size, st.dtype)
-        else:
-            # Torch strides are non-negative element counts; dimensions of size 1 never move.
-            last = ref.offset + sum((s - 1) * t for s, t in zip(ref.size, ref.stride, strict=True))
-            if last >= st.numel:
-                raise self.error(
-                    f"tensor view (offset {ref.offset}, size {ref.size}, stride {ref.stride}) "
-                    f"reads beyond its storage of {st.numel} elements; the file is corrupt"
-                )
-            item = st.dtype.itemsize
-            strides = tuple(
-                t * item if s > 1 else 0 for s, t in zip(ref.size, ref.stride, strict=True)
-            )
-            view = np.lib.stride_tricks.as_strided(
-                st.array[ref.offset :], shape=ref.size, strides=strides, writeable=False
-            )
-            out = np.array(view, order="C", copy=True)
-        self.budget -= nbytes
-        self.tensor_cache[id(ref)] = out
-        return out
 
     # ---- conversion to plain Python ---------------------------------------------------------
 
@@ -828,16 +280,16 @@ class _Reader:
             return bytes(obj)
         if isinstance(obj, np.ndarray):
             return obj
-        if isinstance(obj, _ArrayStub):
+        if isinstance(obj, ta.PickledArray):
             return obj.resolve()
-        if isinstance(obj, _DType):
+        if isinstance(obj, ta.PickledDType):
             return str(obj.resolve())
-        if isinstance(obj, _TensorRef):
+        if isinstance(obj, ta.TensorRef):
             return self.materialize(obj)
-        if isinstance(obj, _StorageType):
+        if isinstance(obj, ta.StorageType):
             return f"torch.{obj.name}"
-        if isinstance(obj, _ModuleStub):
-            return {"class_name": obj.torch_class}
+        if isinstance(obj, ta.ModuleRecord):
+            return {"class_name": obj.qualified_name}
         if not isinstance(obj, _PersistentObj | dict | list | tuple | set | frozenset):
             raise self.error(f"unexpected object of type {type(obj).__name__} in the checkpoint")
         # Pickles can share one container many times (exponential if expanded naively) or
@@ -865,7 +317,7 @@ class _Reader:
             return k
         if isinstance(k, np.generic):
             return k.item()
-        return _brief(k)  # (tuple keys too: converting shared tuples could blow up)
+        return ta.brief(k)  # (tuple keys too: converting shared tuples could blow up)
 
     def describe(self, obj: _PersistentObj, depth: int = 0) -> dict:
         """A persistent object as {'class_name', public attributes..., 'init_kwargs'}."""
@@ -875,7 +327,7 @@ class _Reader:
             return out
         for k, v in dict.items(state):
             if isinstance(k, str) and not k.startswith("_") and k != "training":
-                if isinstance(v, _PersistentObj | _ModuleStub):
+                if isinstance(v, _PersistentObj | ta.ModuleRecord):
                     continue  # sub-modules live in _modules and are described separately
                 out[k] = self.plain(v, depth + 1)
         if "_init_kwargs" in state:
@@ -900,7 +352,7 @@ class _Reader:
             if depth > _MAX_DEPTH or visits[0] > _MAX_MODULE_VISITS:
                 raise self.error("module tree nested too deeply or too large")
             st = getattr(mod, "state", None)
-            if not isinstance(mod, _PersistentObj | _ModuleStub) or not isinstance(st, dict):
+            if not isinstance(mod, _PersistentObj | ta.ModuleRecord) or not isinstance(st, dict):
                 raise self.error(f"module {prefix or '<root>'!r} is not a torch module object")
             params, buffers, children = (
                 dict.get(st, k) for k in ("_parameters", "_buffers", "_modules")
@@ -913,18 +365,18 @@ class _Reader:
             skip = dict.get(st, "_non_persistent_buffers_set") or set()
             if not isinstance(skip, set | frozenset | list | tuple):
                 raise self.error(f"module {prefix!r} has a malformed _non_persistent_buffers_set")
-            cls = mod.class_name if isinstance(mod, _PersistentObj) else mod.torch_class
+            cls = mod.class_name if isinstance(mod, _PersistentObj) else mod.qualified_name
             attrs: dict[str, Any] = {"class_name": cls}
             for k, v in dict.items(st):
                 if isinstance(k, str) and not k.startswith("_") and k != "training":
-                    if not isinstance(v, _PersistentObj | _ModuleStub | _TensorRef):
+                    if not isinstance(v, _PersistentObj | ta.ModuleRecord | ta.TensorRef):
                         attrs[k] = self.plain(v)
             modules[prefix[:-1]] = attrs
             for kind, items in (("parameter", params), ("buffer", buffers)):
                 for name, t in dict.items(items):
                     if t is None or (kind == "buffer" and name in skip):
                         continue
-                    if not isinstance(name, str) or not isinstance(t, _TensorRef):
+                    if not isinstance(name, str) or not isinstance(t, ta.TensorRef):
                         raise self.error(f"{kind} {prefix}{name!s:.80} is not a tensor")
                     state[prefix + name] = self.materialize(t)
             for name, child in dict.items(children):
@@ -941,7 +393,7 @@ class _Reader:
 
         def is_sd(x: Any) -> bool:
             return isinstance(x, dict) and all(
-                isinstance(k, str) and isinstance(v, _TensorRef) for k, v in dict.items(x)
+                isinstance(k, str) and isinstance(v, ta.TensorRef) for k, v in dict.items(x)
             )
 
         if is_sd(top):
@@ -980,7 +432,7 @@ class _Reader:
             raise self.error(
                 f"the {fmt} file does not hold a state dict (a mapping of names to tensors at "
                 f"the top level or under one of {[network_key, *_STATE_DICT_KEYS]}); found "
-                f"{_brief(keys)}. Whole-module saves are not supported: re-save with "
+                f"{ta.brief(keys)}. Whole-module saves are not supported: re-save with "
                 "torch.save(model.state_dict(), path)."
             )
         sd, used = found
@@ -999,8 +451,8 @@ class _Reader:
         allowed[("torch.storage", "_load_from_bytes")] = self.load_from_bytes
         for name, stub in _MODULE_STUBS.items():
             allowed[("torch.nn.modules.container", name)] = stub
-        f = _ViewFile(self.data)
-        top = _RestrictedUnpickler(f, self.path, "pickle", allowed).load()
+        f = ta.ViewFile(self.data)
+        top = ta.RestrictedUnpickler(f, self.path, "pickle", allowed).load()
         if f.tell() != len(self.data):
             raise self.error(
                 f"{len(self.data) - f.tell()} unexpected bytes after the end of the pickle"
@@ -1018,7 +470,7 @@ class _Reader:
             keys = list(dict.keys(top))[:20] if isinstance(top, dict) else type(top).__name__
             raise self.error(
                 f"expected an NVIDIA network pickle: a dict with key {network_key!r} holding a "
-                f"torch_utils.persistence network object; found {_brief(keys)}. Pass "
+                f"torch_utils.persistence network object; found {ta.brief(keys)}. Pass "
                 "network_key=... to pick another entry."
             )
 
@@ -1039,98 +491,17 @@ class _Reader:
         )
 
     def read_torch_zip(self, network_key: str) -> LoadedCheckpoint:
-        try:
-            zf = zipfile.ZipFile(io.BytesIO(self.data))
-            infos = zf.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
-            raise self.error(f"corrupt or truncated zip archive ({e}); {_EXPECTED}") from e
-        for info in infos:
-            name = info.filename
-            parts = name.split("/")
-            if (
-                name.startswith("/")
-                or "\\" in name
-                or "\0" in name
-                or ":" in parts[0]
-                or ".." in parts
-            ):
-                raise self.error(f"zip member name {name!r:.200} is unsafe (path traversal)")
-        names = {i.filename: i for i in infos}
-        if len(names) != len(infos):
-            raise self.error("zip archive contains duplicate member names")
-        pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pkls) != 1:
-            what = "no" if not pkls else "more than one"
-            hint = (
-                " (a .npz file? use numpy.load)" if any(n.endswith(".npy") for n in names) else ""
-            )
-            raise self.error(
-                f"zip archive has {what} '<folder>/data.pkl' entry, so it is not a torch.save "
-                f"archive{hint}; {_EXPECTED}"
-            )
-        prefix = pkls[0][: -len("data.pkl")]
-        order = names.get(prefix + "byteorder")
-        if order is not None and bytes(self.zip_member(zf, order)).strip() != b"little":
-            raise self.error("torch.save archive was written big-endian; not supported")
+        archive = ta.TorchZipArchive(self, kind="torch.save", expected=_EXPECTED)
         ctx = "torch.save archive (data.pkl)"
-        storages: dict[str, _Storage] = {}
-
-        def persistent(pid: Any) -> _Storage:
-            _parse_storage_pid(pid, 5, self.path, ctx)
-            _, stype, key, _, numel = pid
-            st = storages.get(key)
-            if st is not None:
-                if st.dtype != stype.dtype or st.numel != numel:
-                    raise self.error(f"storage {key!r} is declared with two different types")
-                return st
-            info = names.get(f"{prefix}data/{key}")
-            if info is None:
-                raise self.error(f"torch.save archive lacks the storage entry {prefix}data/{key}")
-            raw = self.zip_member(zf, info)
-            if len(raw) != numel * stype.dtype.itemsize:
-                raise self.error(
-                    f"storage {prefix}data/{key} has {len(raw)} bytes, expected "
-                    f"{numel * stype.dtype.itemsize} ({numel} x {stype.dtype})"
-                )
-            st = _Storage(stype.dtype, numel, key)
-            st.array = self.frombuffer(raw, stype.dtype, numel, 0)
-            storages[key] = st
-            return st
-
         allowed = _common_globals()
-        allowed.update(_STORAGE_TYPE_GLOBALS)
-        pkl = self.zip_member(zf, names[pkls[0]])
-        # data.pkl is small (storages live in their own members): C-level reads are faster.
-        pkl_file = io.BytesIO(bytes(pkl))
-        top = _RestrictedUnpickler(pkl_file, self.path, ctx, allowed, persistent).load()
+        allowed.update(ta.storage_type_globals())
+        top = archive.unpickle("data.pkl", ctx, allowed, archive.storages(ctx))
         result = self.torch_result(top, "torch-zip", network_key)
-        result.extras["archive_name"] = prefix[:-1]
-        if prefix + "version" in names:
-            version = bytes(self.zip_member(zf, names[prefix + "version"]))
+        result.extras["archive_name"] = archive.prefix[:-1]
+        if "version" in archive.members:
+            version = bytes(archive.read("version"))
             result.extras["archive_version"] = version.decode("ascii", "replace").strip()
         return result
-
-    def zip_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> memoryview:
-        """A member's bytes: a zero-copy, CRC-checked view for stored members."""
-        if info.flag_bits & 0x1:
-            raise self.error(f"zip member {info.filename!r} is encrypted")
-        if info.file_size > self.budget:
-            raise self.error(f"zip member {info.filename!r} is implausibly large")
-        if info.compress_type != zipfile.ZIP_STORED:
-            return memoryview(zf.read(info))  # zipfile checks the CRC
-        h = info.header_offset
-        data = self.data
-        if h < 0 or h + 30 > len(data) or data[h : h + 4] != b"PK\x03\x04":
-            raise self.error(f"zip member {info.filename!r} has a corrupt local header")
-        n, e = struct.unpack_from("<HH", data, h + 26)
-        start = h + 30 + n + e
-        end = start + info.file_size
-        if info.compress_size != info.file_size or end > len(data):
-            raise self.error(f"zip member {info.filename!r} is truncated")
-        view = memoryview(data)[start:end]
-        if zlib.crc32(view) != info.CRC:
-            raise self.error(f"zip member {info.filename!r} fails its CRC check (file corrupted)")
-        return view
 
     def read_torch_legacy(self, network_key: str) -> LoadedCheckpoint:
         ctx = "legacy torch.save file"
@@ -1140,21 +511,10 @@ class _Reader:
         if self.load_plain(f, ctx) != _LEGACY_PROTOCOL:
             raise self.error(f"{ctx} has an unsupported protocol version (expected 1001)")
         self.check_sys_info(self.load_plain(f, ctx), ctx)
-        storages: dict[str, _Storage] = {}
-
-        def persistent(pid: Any) -> _Storage:
-            _parse_storage_pid(pid, 6, self.path, ctx)
-            _, stype, key, _, numel, _ = pid
-            st = storages.get(key)
-            if st is None:
-                st = storages[key] = _Storage(stype.dtype, numel, key)
-            elif st.dtype != stype.dtype or st.numel != numel:
-                raise self.error(f"storage {key!r} is declared with two different types")
-            return st
-
+        storages = ta.StorageTable(self, ctx, pid_length=6)  # data follows the pickle
         allowed = _common_globals()
-        allowed.update(_STORAGE_TYPE_GLOBALS)
-        top = _RestrictedUnpickler(f, self.path, ctx, allowed, persistent).load()
+        allowed.update(ta.storage_type_globals())
+        top = ta.RestrictedUnpickler(f, self.path, ctx, allowed, storages).load()
         keys = self.load_plain(f, ctx)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise self.error(f"{ctx} has a malformed storage key list")
@@ -1216,12 +576,12 @@ class _Reader:
             dt = _SAFETENSORS_DTYPES.get(info.get("dtype"))  # type: ignore[arg-type]
             if dt is None:
                 raise self.error(f"safetensors tensor {name!r:.80} has unsupported dtype")
-            shape = _check_shape(info.get("shape"), f"safetensors shape of {name!r:.80}")
+            shape = ta.check_shape(info.get("shape"), f"safetensors shape of {name!r:.80}")
             offs = info.get("data_offsets")
             if not (isinstance(offs, list) and len(offs) == 2):
                 raise self.error(f"safetensors tensor {name!r:.80} has malformed data_offsets")
-            b = _check_int(offs[0], "data offset")
-            e = _check_int(offs[1], "data offset")
+            b = ta.check_int(offs[0], "data offset")
+            e = ta.check_int(offs[1], "data offset")
             numel = math.prod(shape)
             if not b <= e <= buf_len or e - b != numel * dt.itemsize:
                 raise self.error(
@@ -1240,7 +600,7 @@ class _Reader:
 
 
 def _contains_tensor(obj: Any, depth: int = 0, seen: set | None = None) -> bool:
-    if isinstance(obj, _TensorRef):
+    if isinstance(obj, ta.TensorRef):
         return True
     seen = set() if seen is None else seen
     if depth > _MAX_DEPTH or id(obj) in seen:  # shared containers are searched once
@@ -1340,7 +700,8 @@ def read_checkpoint(path: str | os.PathLike, *, network_key: str = "ema") -> Loa
     data = _read_bytes(path)
     fmt = _sniff(path, data)
     reader = _Reader(path, data)
-    try:
+    advice = f"; {_EXPECTED}. Re-download or re-export the file."
+    with reader.parsing(f"{fmt} checkpoint", advice):  # errors name the file; frees the bytes
         if fmt == "safetensors":
             result = reader.read_safetensors()
         elif fmt == "torch-zip":
@@ -1349,26 +710,5 @@ def read_checkpoint(path: str | os.PathLike, *, network_key: str = "ema") -> Loa
             result = reader.read_torch_legacy(network_key)
         else:
             result = reader.read_nvidia_pickle(network_key)
-    except CheckpointError as e:
-        if path in str(e):
-            raise
-        cls = UnsafeCheckpointError if isinstance(e, UnsafeCheckpointError) else CheckpointError
-        raise cls(f"{path}: {e}") from e
-    except RecursionError as e:
-        raise CheckpointError(f"{path}: data nested too deeply; the file is corrupt") from e
-    except Exception as e:
-        # Anything else raised while parsing untrusted bytes (truncation, bad opcodes, wrong
-        # argument types for a stand-in, ...) means the file is damaged.
-        raise CheckpointError(
-            f"{path}: corrupt or truncated {fmt} checkpoint ({type(e).__name__}: {e!s:.300}); "
-            f"{_EXPECTED}. Re-download or re-export the file."
-        ) from e
-    finally:
-        # The stand-ins bound into the unpickler's allowlist reference the reader, forming a
-        # cycle that would keep the file bytes and every cached tensor alive until the cyclic
-        # GC runs; drop them now so callers can free tensors one by one (porting memory).
-        reader.data = b""
-        reader.tensor_cache.clear()
-        reader.plain_memo.clear()
     result.extras["sha256"] = hashlib.sha256(data).hexdigest()
     return result

