@@ -269,7 +269,7 @@ def test_method_matches_float64_reference(world, name, ref_fn, opts):
         jax.debug.callback(lambda s_: calls.append(1), s)
         return denoise(x, s)
 
-    kw = dict(opts, sigma_max=sigma_max)
+    kw = dict(opts, schedule=sampling.EDMSchedule(sigma_max=sigma_max))
     fn = jax.jit(lambda y_, m_, k: METHODS[name](counting, y_, m_, k, **kw))
     out = jax.block_until_ready(fn(jnp.asarray(y), jnp.asarray(m), key))
     ref = Ref(world, key, y.shape)

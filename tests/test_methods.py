@@ -160,7 +160,7 @@ def test_the_schedule_is_one_option_given_flat_at_the_boundary(world):
     assert fn.options == nested.options and fn.options["schedule"] == schedule
     x = np.asarray(fn(None, y, m, key).x)
     np.testing.assert_array_equal(x, nested(None, y, m, key).x)
-    direct = jax.jit(lambda *a: baselines.METHODS["ddnm"](den, *a, num_steps=3, **flat))
+    direct = jax.jit(lambda *a: baselines.METHODS["ddnm"](den, *a, num_steps=3, schedule=schedule))
     np.testing.assert_array_equal(x, direct(y, m, key).x)
     default = methods.make_inpainter("ddnm", lambda p, x, s: den(x, s), num_steps=3)
     assert not np.array_equal(x, default(None, y, m, key).x)  # the schedule is used

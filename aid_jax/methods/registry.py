@@ -21,7 +21,6 @@ Markdown), so stored files keep the three keys.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -102,17 +101,6 @@ def _fold_schedule(options: Mapping[str, Any], default) -> dict[str, Any]:
     return {**rest, "schedule": dataclasses.replace(base, **flat)}
 
 
-def _flat_schedule_keywords(run: Callable[..., InpaintResult], default):
-    """``run`` that also takes the schedule flat (``run(..., sigma_max=10.0)``); the signature
-    shown (``inspect.signature``) is ``run``'s own."""
-
-    @functools.wraps(run)
-    def method(denoise, y, mask, key, labels=None, **options):
-        return run(denoise, y, mask, key, labels, **_fold_schedule(options, default))
-
-    return method
-
-
 def _zero_shot(module, **fields) -> Method:
     """The entry of a method file: its function (named like the file), its ``cost`` and the
     defaults of the function's keyword-only options."""
@@ -120,8 +108,6 @@ def _zero_shot(module, **fields) -> Method:
     run = getattr(module, name)
     params = inspect.signature(run).parameters.values()
     options = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    if "schedule" in options:
-        run = _flat_schedule_keywords(run, options["schedule"])
     return Method(name, MappingProxyType(options), module.cost, run=run, **fields)
 
 
