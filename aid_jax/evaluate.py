@@ -218,7 +218,13 @@ def _load_eval_set(config, image_shape):
             f"data {source.name} has images {source.image_shape}, the backbone expects "
             f"{image_shape}; set config.data (e.g. pad_to) to match"
         )
-    idx = pipeline.eval_indices(len(source), int(config.eval.num_images), int(config.eval.seed))
+    subset = str(config.eval.get("subset", "all"))
+    try:
+        idx = pipeline.eval_indices(
+            len(source), int(config.eval.num_images), int(config.eval.seed), subset=subset
+        )
+    except ValueError as e:
+        raise EvaluationError(f"eval.num_images / eval.subset: {e}") from e
     images_u8, labels = source.get(idx)
     return source, idx, pipeline.to_model_range(images_u8), labels
 
@@ -391,6 +397,7 @@ class _Setup:
     references: dict[str, np.ndarray]  # feature network tag -> reference features
     mesh: Any
     params: Any  # the backbone's parameters, replicated on the mesh
+    paired: dict = dataclasses.field(default_factory=dict)  # filled by _write (_paired)
 
     @property
     def label_dim(self) -> int:
@@ -548,10 +555,13 @@ def _evaluate(ev: _Setup, todo) -> tuple[list[dict], dict, dict]:
                 x=x,
                 rows_per_image=ev.rows_per_image,
             )
+        if ev.config.eval.get("export_png", False):
+            _export_png(ev, x, mask_name, method_name, steps)
         fn = programs.inpainter(method_name, steps)
         row = {
             "mask": mask_name,
             "method": method_name,
+            "family": str(ev.config.methods[method_name].get("family", method_name)),
             "steps": steps,
             "nfe": int(fn.nfe),
             "nfe_backward": int(fn.nfe_backward),
@@ -569,6 +579,22 @@ def _evaluate(ev: _Setup, todo) -> tuple[list[dict], dict, dict]:
     return rows, per_image_all, grid_outputs
 
 
+def row_keys(seed: int, mask_name: str, indices: np.ndarray, k: int) -> jax.Array:
+    """One PRNG key per output row: row i·k + j (sample j of the test image with dataset index
+    ``indices[i]``) gets fold_in(fold_in(fold_in(key(seed), crc32(mask name)), index), j).
+
+    A row's noise depends on its image, sample and mask name only — not on the batch size, the
+    device count, the other images chosen or the order of the masks — and every method sees the
+    same key for the same row (paired comparisons)."""
+    base = jax.random.key(seed)
+    mask_key = jax.random.fold_in(base, zlib.crc32(mask_name.encode()) & 0x7FFFFFFF)
+    image_keys = jax.vmap(jax.random.fold_in, (None, 0))(mask_key, np.asarray(indices, np.uint32))
+    rows = jax.vmap(lambda key: jax.vmap(jax.random.fold_in, (None, 0))(key, np.arange(k)))(
+        image_keys
+    )
+    return rows.reshape(-1)
+
+
 def _inpaint(ev: _Setup, programs: _Programs, mask_name, method_name, steps, bar):
     """One method on every image row under one mask, batch by batch on the mesh: (raw outputs
     ``[N·k, H, W, C]``, seconds of execution)."""
@@ -576,15 +602,13 @@ def _inpaint(ev: _Setup, programs: _Programs, mask_name, method_name, steps, bar
     fn_params = fn.call_params(ev.params)  # the backbone's, or the bundle a method brings
     m_rows = ev.mask_sets[mask_name][ev.rows_per_image]
     y_rows = (m_rows * ev.gt[ev.rows_per_image]).astype(np.float32)
-    # Keys depend on the mask's name (not its position), so a subset of masks reproduces.
-    base_key = jax.random.key(int(ev.config.seed))
-    mask_key = jax.random.fold_in(base_key, zlib.crc32(mask_name.encode()) & 0x7FFFFFFF)
+    keys = row_keys(int(ev.config.seed), mask_name, ev.idx, ev.k)
     outputs, seconds = [], 0.0
     for b in range(ev.num_batches):
         sl = np.arange(b * ev.batch, (b + 1) * ev.batch) % ev.total_rows  # pad the tail by wrapping
         y_b = sharding.shard_batch(y_rows[sl], ev.mesh)
         m_b = sharding.shard_batch(m_rows[sl], ev.mesh)
-        key_b = jax.random.fold_in(mask_key, b)
+        key_b = sharding.shard_batch(keys[sl], ev.mesh)
         # Labels ride along only for a conditional backbone (unconditional: the 4-argument
         # call, exactly as without labels).
         extra = () if ev.label_rows is None else (sharding.shard_batch(ev.label_rows[sl], ev.mesh),)
@@ -641,12 +665,81 @@ def _score(ev: _Setup, x: np.ndarray, mask_name: str) -> tuple[dict, dict, np.nd
 # Writing: per_image.npz, grids, the quality-vs-NFE plot, results.md, results.json
 
 
-def _write(ev: _Setup, rows: list[dict], per_image_all: dict, grid_outputs: dict) -> dict:
-    np.savez_compressed(ev.workdir / "per_image.npz", **per_image_all)
-    _write_grids(ev, grid_outputs)
+def _headline(ev: _Setup) -> str:
     headline = ev.config.report.headline_metric
     if ev.lpips_net is None and headline.startswith("lpips"):
         headline = "psnr_hole"
+    return headline
+
+
+def _per_image_of(ev: _Setup, per_image_all: dict, mask: str, method: str, steps: int, metric):
+    """One value per test image (the mean over its samples), or None if not measured."""
+    v = per_image_all.get(f"{mask}/{method}/{steps}/{metric}")
+    if v is None:
+        return None
+    return v.reshape(-1, ev.k).mean(axis=1) if v.shape[0] == ev.total_rows else v
+
+
+def _paired(ev: _Setup, rows: list[dict], per_image_all: dict) -> dict:
+    """Per mask, for the headline metric: every pair of method rows' paired-bootstrap difference
+    (row − column, same images, masks and noise), and on each row the difference to the best
+    row (``delta_<metric>_vs_best``, shown in the tables next to the means)."""
+    metric = _headline(ev)
+    lower = metric.startswith(report.LOWER_IS_BETTER)
+    boot = dict(num_resamples=int(ev.config.eval.bootstrap), seed=int(ev.config.eval.seed))
+    out = {}
+    for mask in ev.mask_sets:
+        values = {}
+        for r in rows:
+            if r["mask"] == mask and r["method"] not in REFERENCE_ROWS:
+                v = _per_image_of(ev, per_image_all, mask, r["method"], r["steps"], metric)
+                if v is not None:
+                    values[(r["method"], r["steps"], id(r))] = (r, v)
+        if not values:
+            continue
+        means = {key: float(np.mean(v)) for key, (_, v) in values.items()}
+        best = min(means, key=means.get) if lower else max(means, key=means.get)
+        names = {key: f"{key[0]}@{key[1]}" for key in values}
+        for r, v in values.values():
+            d = report.paired_bootstrap(v, values[best][1], **boot)
+            r["metrics"][f"delta_{metric}_vs_best"] = d
+        out[mask] = {
+            "metric": metric,
+            "best": names[best],
+            "pairs": {
+                f"{names[a]} - {names[b]}": report.paired_bootstrap(va, vb, **boot)
+                for a, (_, va) in values.items()
+                for b, (_, vb) in values.items()
+                if a != b
+            },
+            "matrix_markdown": report.paired_matrix_markdown(
+                [names[key] for key in values],
+                {names[key]: v for key, (_, v) in values.items()},
+                metric,
+                **boot,
+            ),
+        }
+    return out
+
+
+def _export_png(ev: _Setup, x: np.ndarray, mask_name: str, method_name: str, steps: int):
+    """Composited outputs as PNG files for external FID tools:
+    ``png/<mask>/<method>_<steps>/<dataset index>_<sample>.png`` (ground truth once per mask in
+    ``png/<mask>/ground_truth/``)."""
+    m_rows = ev.mask_sets[mask_name][ev.rows_per_image]
+    comp = m_rows * ev.gt[ev.rows_per_image] + (1.0 - m_rows) * x
+    names = [f"{ev.idx[i]:06d}_{j}" for i in range(ev.gt.shape[0]) for j in range(ev.k)]
+    folder = ev.workdir / "png" / mask_name
+    image_lib.save_png_folder(comp, names, folder / f"{method_name}_{steps}")
+    if not (folder / "ground_truth").exists():
+        image_lib.save_png_folder(ev.gt, [f"{i:06d}" for i in ev.idx], folder / "ground_truth")
+
+
+def _write(ev: _Setup, rows: list[dict], per_image_all: dict, grid_outputs: dict) -> dict:
+    np.savez_compressed(ev.workdir / "per_image.npz", **per_image_all)
+    _write_grids(ev, grid_outputs)
+    headline = _headline(ev)
+    ev.paired = _paired(ev, rows, per_image_all)
     method_rows = [r for r in rows if r["method"] not in REFERENCE_ROWS]
     report.quality_vs_nfe_plot(
         method_rows, headline, ev.workdir / "quality_vs_nfe.png", title=backbone_name(ev.backbone)
@@ -692,6 +785,16 @@ def _markdown(ev: _Setup, rows: list[dict]) -> str:
     ]
     if ev.classifier_note:
         md += [f"Note: {ev.classifier_note}.", ""]
+    md += [f"Note: {w}", ""] if (w := small_n_warning(ev.gt.shape[0])) else []
+    delta = f"delta_{_headline(ev)}_vs_best"
+    if any(delta in r["metrics"] for r in rows):
+        table_metrics.append(delta)
+        md += [
+            f"`{delta}`: the row's per-image difference to the best row of its mask, mean [95% "
+            "paired bootstrap CI] (same images, masks and noise); an interval excluding 0 ranks "
+            "the row below the best. Every pair: the matrix under each table.",
+            "",
+        ]
     for mask_name, m in ev.mask_sets.items():
         hole = float(1.0 - m.mean())
         md.append(
@@ -701,7 +804,25 @@ def _markdown(ev: _Setup, rows: list[dict]) -> str:
                 title=f"mask `{mask_name}` (hole fraction {hole:.3f})",
             )
         )
+        if mask_name in ev.paired:
+            md += ["Paired differences (★: the 95% interval excludes 0):", ""]
+            md.append(ev.paired[mask_name]["matrix_markdown"])
     return "\n".join(md)
+
+
+# Below this many test images FID/KID cannot rank methods (docs/EVALUATION.md).
+MIN_IMAGES_FOR_FID = 1000
+
+
+def small_n_warning(num_images: int) -> str:
+    """The report's warning for a run too small to rank methods by FID/KID ('' from N ≥ 1,000)."""
+    if num_images >= MIN_IMAGES_FOR_FID:
+        return ""
+    return (
+        f"{num_images} test images: FID/KID at this N rank nothing (the ground truth itself "
+        f"scores far from 0); use N ≥ {MIN_IMAGES_FOR_FID:,} per mask "
+        "(--config.eval.num_images=1000) and the paired intervals for per-image metrics."
+    )
 
 
 def _results(ev: _Setup, rows: list[dict]) -> dict:
@@ -735,6 +856,11 @@ def _results(ev: _Setup, rows: list[dict]) -> dict:
             "note": ev.classifier_note,
         },
         "config": json.loads(config.to_json_best_effort()),
+        "warnings": [w for w in [small_n_warning(ev.gt.shape[0])] if w],
+        "paired": {
+            mask: {k: v for k, v in entry.items() if k != "matrix_markdown"}
+            for mask, entry in ev.paired.items()
+        },
         "rows": rows,
     }
 

@@ -40,6 +40,16 @@ def save_png(image: np.ndarray, path: str | os.PathLike, upscale: int = 1) -> No
     pil.save(path)
 
 
+def save_png_folder(images, names: Sequence[str], folder: str | os.PathLike) -> None:
+    """One PNG per image ([-1, 1] float NHWC, :func:`to_uint8`) as ``<folder>/<name>.png``: the
+    layout external FID tools read."""
+    if len(names) != len(images):
+        raise ValueError(f"{len(names)} names for {len(images)} images")
+    os.makedirs(folder, exist_ok=True)
+    for image, name in zip(to_uint8(images), names, strict=True):
+        save_png(image, os.path.join(folder, f"{name}.png"))
+
+
 def observed_view(y: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """The observed image as a user sees it: known pixels, holes in mid grey (0 in [-1, 1])."""
     return np.where(mask > 0.5, y, np.float32(fill)).astype(np.float32)

@@ -43,6 +43,13 @@ def _train_aid(config, workdir: str) -> None:
     aid_train.train(config, workdir)
 
 
+def _tune(config, workdir: str) -> None:
+    """Baseline tuning per NFE budget on the validation images (aid_jax/tune.py)."""
+    from aid_jax import tune
+
+    tune.run(config, workdir)
+
+
 def _aid(config, workdir: str) -> None:
     """AID: train, then evaluate the module against the baselines into <workdir>/eval."""
     from aid_jax import evaluate
@@ -56,6 +63,7 @@ RUNNERS = {
     "pretrain": _pretrain,
     "export": _export,
     "evaluate": _evaluate,
+    "tune": _tune,
     "train_aid": _train_aid,
     "aid": _aid,
 }

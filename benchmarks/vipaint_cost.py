@@ -2,7 +2,8 @@
 wall time of the per-image fit and of the sampling, measured separately (each jitted on its own,
 compilation excluded and reported apart).
 
-    python benchmarks/vipaint_cost.py                                # paper settings: 50 × 5
+    python benchmarks/vipaint_cost.py                                # 50 × 5, 100 refinement steps
+    python benchmarks/vipaint_cost.py --refine 400                   # official refinement length
     python benchmarks/vipaint_cost.py --iters 20 --mc 2 --refine 20 --images 8 --samples 4
 
 Prints a table and writes benchmarks/results/vipaint_cost.json (machine, date, versions).

@@ -5,6 +5,10 @@ Run:    python -m aid_jax.main --config=configs/eval_fashion_mnist.py --workdir=
 Choose: --config.eval.methods=replacement,ddnm --config.eval.masks=center_box
         --config.methods.dps.steps=50,100 --config.methods.dps.options.zeta=1.0
 Bigger: --config.eval.num_images=1000 --config.eval.samples_per_image=4
+Tuned:  --config=configs/eval_fashion_mnist.py:tuned — every baseline with the options chosen on the
+        validation images per NFE budget (configs/tuned_fashion_mnist.py, written by
+        configs/tune_fashion_mnist.py), entries <method>_nfe<B>, 1,000 test images × five masks,
+        PNG export: the headline comparison (docs/EVALUATION.md).
 Smoke:  --config=configs/eval_fashion_mnist.py:smoke (tiny random-weight fixture backbone,
         synthetic 16×16 data, 2 steps; what the tests run).
 
@@ -44,6 +48,10 @@ def get_config(arg=None):
             png_upscale=3,
             bootstrap=1000,
             save_outputs=False,  # True: every raw output to <workdir>/outputs/*.npz
+            export_png=False,  # True: composites as PNG folders, <workdir>/png/<mask>/<method>_<n>
+            # "test": images outside the held-out validation block (2,000 of the 10,000 test
+            # images; "validation" draws from that block: tuning, AID's model selection).
+            subset="test",
             # Class labels for a class-conditional backbone (label_dim > 0): None = auto (on when
             # the data has labels), True = on, False = the backbone's zero class vector.
             # An unconditional backbone (as here) never gets labels.
@@ -108,6 +116,8 @@ def get_config(arg=None):
             ),
         )
     )
+    if arg == "tuned":
+        _tuned(config)
     if arg == "smoke":
         config.backbone.path = "tests/testdata/edm_ddpmpp_tiny.pkl"
         config.data = ml_collections.ConfigDict(
@@ -127,3 +137,29 @@ def get_config(arg=None):
         config.metrics.update(lpips="", classifier="", reference_num=32, kid_subsets=5)
         config.report.headline_metric = "psnr_hole"
     return config
+
+
+def _tuned(config) -> None:
+    """Entries ``<method>_nfe<B>`` from configs/tuned_fashion_mnist.py; N = 1,000 per mask."""
+    try:
+        from configs import tuned_fashion_mnist
+    except ImportError as e:
+        raise ValueError(
+            "configs/tuned_fashion_mnist.py is missing: run the search first, python -m "
+            "aid_jax.main --config=configs/tune_fashion_mnist.py --workdir=runs/tune"
+        ) from e
+    entries = {}
+    for method, by_budget in tuned_fashion_mnist.TUNED.items():
+        for budget, options in sorted(by_budget.items()):
+            options = dict(options)
+            steps = options.pop("num_steps")
+            entries[f"{method}_nfe{budget}"] = _method(method, (steps,), **options)
+            entries[f"{method}_nfe{budget}"].family = method  # one line per method in the plot
+    config.methods = ml_collections.ConfigDict(entries)
+    config.eval.update(
+        methods=",".join(entries),
+        masks="center_box,half,strokes,random_boxes,pixel_dropout",
+        num_images=1000,
+        batch_size=100,
+        export_png=True,
+    )

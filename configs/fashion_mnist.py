@@ -71,7 +71,7 @@ def get_config(arg=None):
             eval_every=100,
             checkpoint_every=50,
             keep=3,
-            val_images=32,  # fixed validation batch from config.eval_data
+            val_images=32,  # fixed batch of the validation block of config.eval_data
             tensorboard=True,
         )
     )
@@ -111,8 +111,9 @@ def get_config(arg=None):
         config.data = ml_collections.ConfigDict(
             dict(name="synthetic", num_images=32, image_size=16, channels=3, seed=0)
         )
+        # 64 images: a validation block of 12 (the validation batch) and 52 test images.
         config.eval_data = ml_collections.ConfigDict(
-            dict(name="synthetic", num_images=32, image_size=16, channels=3, seed=1)
+            dict(name="synthetic", num_images=64, image_size=16, channels=3, seed=1)
         )
         config.aid.update(num_steps=3, actor_channels=(4, 4), critic_channels=(4, 8))
         config.train.update(

@@ -47,7 +47,9 @@ def test_metrics_recomputed_from_saved_outputs(smoke_run):
     from aid_jax.data import pipeline, sources
 
     source = sources.make_source(config.data)
-    idx = pipeline.eval_indices(len(source), config.eval.num_images, config.eval.seed)
+    idx = pipeline.eval_indices(
+        len(source), config.eval.num_images, config.eval.seed, subset=config.eval.subset
+    )
     assert results["data"]["indices"] == idx.tolist()
     gt = pipeline.to_model_range(source.get(idx)[0])
     per_image = np.load(workdir / "per_image.npz")

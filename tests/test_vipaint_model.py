@@ -1,7 +1,8 @@
 """VIPaint's fit and sampling (aid_jax.vipaint.model) on the Gaussian world with its exact
 linear denoiser: initialisation (§8.3), the hierarchical chain's KL against a float64 loop,
 finite gradients that match finite differences (§14.6), determinism, the fit's cost accounting,
-no retracing, and configuration errors."""
+no retracing, configuration errors (the LPIPS options included; the LPIPS term itself is in
+tests/test_vipaint_lpips.py) and the official 400-step refinement."""
 
 import math
 
@@ -252,9 +253,58 @@ def test_host_entry_point_reports_costs_and_times(world, data):
         model.inpaint(den, y, m * 0.5, jax.random.key(3), cfg)
 
 
-def test_unwired_lpips_term_is_refused():
+def test_lpips_options_are_checked():
+    """rec_lpips_weight (default 0, official 100) and rec_lpips_net (default 'vgg', or 'alex'):
+    bad values raise ValueError naming the option, in the config and in the registered method's
+    cost (its option check). No weights are read here (tests/test_vipaint_lpips.py runs them)."""
+    from aid_jax import methods
+
+    for bad in (-1.0, float("nan"), float("inf"), "a lot", None):
+        with pytest.raises(ValueError, match="rec_lpips_weight"):
+            model.VIPaintConfig(rec_lpips_weight=bad)
+    for bad in ("squeeze", "VGG", None):
+        with pytest.raises(ValueError, match="rec_lpips_net"):
+            model.VIPaintConfig(rec_lpips_net=bad)
+    default = model.VIPaintConfig()
+    assert (default.rec_lpips_weight, default.rec_lpips_net) == (0.0, "vgg")
+    cfg = model.VIPaintConfig(rec_lpips_weight=100, rec_lpips_net="alex")
+    assert cfg.rec_lpips_weight == 100.0 and isinstance(cfg.rec_lpips_weight, float)
+    assert hash(cfg) == hash(model.VIPaintConfig(rec_lpips_weight=100.0, rec_lpips_net="alex"))
+    assert model.LPIPS_NETS == ("alex", "vgg")
+    opts = methods.method_options("vipaint")
+    assert (opts["rec_lpips_weight"], opts["rec_lpips_net"]) == (0.0, "vgg")
+    # LPIPS passes are not denoiser passes: the cost is unchanged.
+    assert methods.method_cost(
+        "vipaint", rec_lpips_weight=100.0, rec_lpips_net="alex"
+    ) == methods.method_cost("vipaint")
     with pytest.raises(ValueError, match="rec_lpips_weight"):
-        model.VIPaintConfig(rec_lpips_weight=1.0)
+        methods.method_cost("vipaint", rec_lpips_weight=-1.0)
+    with pytest.raises(ValueError, match="rec_lpips_net"):
+        methods.method_cost("vipaint", rec_lpips_net="squeeze")
+
+
+def test_official_refinement_length_400(world, data):
+    """VIPAINT.md §6.1: 400 refinement steps (every integer VP step from t = 400 to 1); the
+    preset of the official lengths and loss weights, its costs, and 400 steps running."""
+    from aid_jax import methods
+
+    paper = model.VIPaintConfig(**model.PAPER_SETTINGS)
+    assert model.OFFICIAL_REFINE_STEPS == 400
+    assert (paper.refine_steps, paper.num_iters, paper.num_mc) == (400, 50, 5)
+    assert (paper.rec_l1_weight, paper.rec_lpips_weight, paper.rec_lpips_net) == (100, 100, "vgg")
+    assert model.costs(paper) == dict(
+        fit_forward=50 * 5 * 3,
+        fit_backward=50 * 5 * 3,
+        sample_forward=1 + 400 + 1,
+        sample_backward=400,
+    )
+    assert methods.method_cost("vipaint", num_steps=400, samples_per_fit=10) == (75 + 402, 75 + 400)
+    y, m = data
+    den = world.denoiser()
+    cfg = small(refine_steps=400)
+    params = model.init_params(y, m, jax.random.key(0), cfg)
+    out = jax.jit(lambda p: model.sample(den, p, y, m, jax.random.key(1), cfg, 2))(params)
+    assert out.shape == (2, 2, H, W, 1) and np.isfinite(np.asarray(out)).all()
 
 
 def test_known_pixels_are_respected():

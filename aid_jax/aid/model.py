@@ -33,7 +33,7 @@ import numpy as np
 
 from aid_jax import backbones, sampling
 from aid_jax.aid import control, networks
-from aid_jax.methods.contract import Inpainter, InpaintResult, validate_inputs
+from aid_jax.methods.contract import Inpainter, InpaintResult, per_row_keys, validate_inputs
 
 __all__ = [
     "AIDConfig",
@@ -481,7 +481,6 @@ def make_inpainter(
     validate_params(aid_params)
     steps = int(num_steps or aid_params.config.num_steps)
 
-    @jax.jit
     def core(params, y, mask, key, labels=None):
         return inpaint(
             params,
@@ -495,7 +494,7 @@ def make_inpainter(
         )
 
     return Inpainter(
-        jitted=core,
+        jitted=jax.jit(per_row_keys(core)),
         method="aid",
         options=dict(num_steps=steps, solver=solver, paste_back=paste_back),
         nfe=control.controlled_nfe(steps, solver),

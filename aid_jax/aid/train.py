@@ -294,7 +294,8 @@ def make_validate(cfg: model.AIDConfig, backbone_config, backbone_sha256: str):
 def _validation_set(config, image_shape, specs):
     source = sources.make_source(config.eval_data)
     n = int(config.train.val_images)
-    idx = pipeline.eval_indices(len(source), n, int(config.seed))
+    # The held-out validation block of the evaluation split: never a test image.
+    idx = pipeline.eval_indices(len(source), n, int(config.seed), subset="validation")
     x0 = pipeline.to_model_range(source.get(idx)[0])
     m = masks_at(specs, n, image_shape[:2], int(config.seed), 0, stream=1)
     return x0, m

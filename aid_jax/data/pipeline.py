@@ -20,10 +20,12 @@ Semantics (the contract trainers and evaluators rely on):
   from the current ones, so a resume directory from another config cannot silently continue.
 - **Prefetch.** With `prefetch > 0` one background thread computes the next batches in step order
   into a bounded queue; the order and content are identical to `prefetch=0`.
-- **Evaluation.** `eval_indices(N, num, seed)` is a fixed seeded subset (a prefix of a permutation
-  independent of the training permutations: the first k of a larger subset are the subset of size
-  k); `eval_batches` walks it in order, padding the last batch and marking padding with
-  `valid=False` so every process sees the same shapes.
+- **Evaluation.** `eval_indices(N, num, seed, subset)` is a fixed seeded subset (a prefix of a
+  permutation independent of the training permutations: the first k of a larger subset are the
+  subset of size k) of the whole split, of its fixed validation block (`validation_block`:
+  min(2,000, N // 5) images) or of the test images (the rest); `eval_batches` walks it in
+  order, padding the last batch and marking padding with `valid=False` so every process sees
+  the same shapes.
 """
 
 from __future__ import annotations
@@ -269,16 +271,45 @@ class BatchIterator:
             stop.set()
 
 
-def eval_indices(num_examples: int, num: int, seed: int) -> np.ndarray:
+SUBSETS = ("all", "test", "validation")
+VALIDATION_MAX = 2000  # size of the held-out validation block of an evaluation split
+_VALIDATION_TAG = 0x76616C69  # 'vali': the block is fixed, independent of every run seed
+
+
+def validation_size(num_examples: int) -> int:
+    """Images of an evaluation split held out for validation (tuning, AID's model selection):
+    min(2,000, N // 5) — 2,000 of Fashion-MNIST's 10,000 test images."""
+    return min(VALIDATION_MAX, int(num_examples) // 5)
+
+
+def validation_block(num_examples: int) -> np.ndarray:
+    """The sorted indices of the validation block: a fixed seeded subset of the split, the same
+    for every run seed, so validation and test images never overlap."""
+    perm = np.random.default_rng([_VALIDATION_TAG, int(num_examples)]).permutation(num_examples)
+    return np.sort(perm[: validation_size(num_examples)]).astype(np.int64)
+
+
+def eval_indices(num_examples: int, num: int, seed: int, subset: str = "all") -> np.ndarray:
     """A fixed, seeded subset of `num` distinct indices of range(num_examples) (int64 [num]).
 
-    The order is the permutation's, so eval_indices(n, k, s) == eval_indices(n, m, s)[:k] for
-    k <= m; the permutation is independent of the training permutations of the same seed.
+    ``subset``: ``"all"`` draws from the whole split; ``"validation"`` only from the validation
+    block (:func:`validation_block`); ``"test"`` only from the rest of the split (never a
+    validation image). The order is the permutation's, so eval_indices(n, k, s) ==
+    eval_indices(n, m, s)[:k] for k <= m; the permutation is independent of the training
+    permutations of the same seed.
     """
-    if not 0 < num <= num_examples:
-        raise ValueError(f"cannot take {num} evaluation examples out of {num_examples}")
-    perm = np.random.default_rng([int(seed), _EVAL_TAG, 1]).permutation(num_examples)
-    return perm[:num].astype(np.int64)
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    pool = np.arange(num_examples, dtype=np.int64)
+    if subset != "all":
+        block = validation_block(num_examples)
+        pool = block if subset == "validation" else np.setdiff1d(pool, block)
+    if not 0 < num <= len(pool):
+        where = "" if subset == "all" else f" {subset} images (of {num_examples} in the split)"
+        raise ValueError(f"cannot take {num} evaluation examples out of {len(pool)}{where}")
+    tag = {"all": 1, "test": 2, "validation": 3}[subset]
+    perm = np.random.default_rng([int(seed), _EVAL_TAG, tag]).permutation(len(pool))
+    return pool[perm[:num]].astype(np.int64)
 
 
 def eval_batches(

@@ -10,7 +10,8 @@ inputs are checked, and what a built (jitted) inpainter is.
   :func:`aid_jax.masks.validate_mask`. Used by ``make_inpainter``, ``aid_jax.inpaint`` and VIPaint.
 * :func:`check_labels` / :func:`with_labels` — method-level labels (float rows) and the
   labels-bound denoiser, for every method.
-* :func:`check_key` — one PRNG key.
+* :func:`check_key` — one PRNG key, or one per row; :func:`per_row_keys` runs a core with
+  per-row keys (each row's output independent of its batch).
 * :class:`Inpainter` — ``fn(params, y, mask, key, labels=None) -> InpaintResult`` with the jitted
   core, method name, options, costs, label count and the parameters it brings (if any).
 * :class:`Resources` — what a method that loads its own parameters (AID) may use.
@@ -41,6 +42,8 @@ __all__ = [
     "Resources",
     "check_key",
     "check_labels",
+    "key_rows",
+    "per_row_keys",
     "validate_inputs",
     "with_labels",
 ]
@@ -178,14 +181,65 @@ def validate_inputs(
         )
 
 
-def check_key(key) -> None:
-    """One PRNG key (typed ``jax.random.key`` or a raw uint32 ``[2]``), else ``ValueError``."""
+def key_rows(key) -> int | None:
+    """None for one PRNG key (typed scalar ``jax.random.key`` or raw uint32 ``[2]``); the number
+    of keys for a batch of per-row keys (typed ``[B]`` or raw uint32 ``[B, 2]``). Static (shape
+    and dtype only), so it works on traced keys."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if typed:
+        return None if key.ndim == 0 else int(key.shape[0])
+    return None if key.ndim == 1 else int(key.shape[0])
+
+
+def check_key(key, rows: int | None = None) -> None:
+    """One PRNG key (typed ``jax.random.key`` or a raw uint32 ``[2]``) or, when ``rows`` is given,
+    also one key per row (typed ``[rows]`` or raw uint32 ``[rows, 2]``); else ``ValueError``."""
     k = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     typed = jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
-    if not (typed and k.ndim == 0) and not (k.dtype == jnp.uint32 and k.shape == (2,)):
+    one = (typed and k.ndim == 0) or (k.dtype == jnp.uint32 and k.shape == (2,))
+    batch = rows is not None and (
+        (typed and k.shape == (rows,)) or (k.dtype == jnp.uint32 and k.shape == (rows, 2))
+    )
+    if not (one or batch):
+        also = f", or one key per row ({rows} keys)" if rows is not None else ""
         raise ValueError(
-            f"key must be one PRNG key (jax.random.key(seed)), got dtype {k.dtype}, shape {k.shape}"
+            f"key must be one PRNG key (jax.random.key(seed)){also}, got dtype {k.dtype}, "
+            f"shape {k.shape}"
         )
+
+
+def per_row_keys(
+    core: Callable[..., InpaintResult], group: int = 1
+) -> Callable[..., InpaintResult]:
+    """``core(params, y, mask, key, labels=None)`` that also takes one key per row.
+
+    With one key the call is ``core`` itself. With keys ``[B]`` (typed) or ``[B, 2]`` (raw) the
+    rows are run in groups of ``group`` consecutive rows (1, or a method's rows that share work,
+    e.g. VIPaint's samples of one image), each group under ``jax.vmap`` with its first row's key:
+    a row's output then depends only on its own inputs and key, not on the batch it sits in (the
+    evaluation protocol: results independent of batch size and device count). The batched
+    denoiser calls are the same ones, so the cost is unchanged.
+    """
+
+    def wrapped(params, y, mask, key, labels=None) -> InpaintResult:
+        b = y.shape[0]
+        if key_rows(key) is None:
+            return core(params, y, mask, key, labels)
+        if key_rows(key) != b or b % group:
+            raise ValueError(
+                f"{key_rows(key)} keys for {b} rows (groups of {group}): give one key per row"
+            )
+        shape = (b // group, group)
+        mask = jnp.broadcast_to(mask, (b, *mask.shape[1:]))
+        split = lambda a: None if a is None else a.reshape(shape + a.shape[1:])  # noqa: E731
+
+        def one(y_g, mask_g, key_g, labels_g):
+            return core(params, y_g, mask_g, key_g, labels_g)
+
+        res = jax.vmap(one)(split(y), split(mask), key[::group], split(labels))
+        return dataclasses.replace(res, x=res.x.reshape((b, *res.x.shape[2:])))
+
+    return wrapped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +294,9 @@ class Inpainter:
     (:func:`validate_inputs` with ``image_shape``, :func:`check_key`,
     ``backbones.prepare_labels``: labels as class ids ``[B]`` or one int, or one-hot rows
     ``[B, label_dim]``) and then the jitted core, which compiles once per input
-    shapes/dtypes/shardings (labels are traced: new labels never recompile).
+    shapes/dtypes/shardings (labels are traced: new labels never recompile). ``key`` is one PRNG
+    key, or one per row (``[B]``; :func:`per_row_keys`: each row's output then depends on its own
+    key only, whatever batch it sits in).
 
     Attributes:
         jitted: The ``jax.jit`` core ``(params, y, mask, key, labels=None)``, labels float32
@@ -277,7 +333,7 @@ class Inpainter:
 
     def __call__(self, params, y, mask, key, labels=None) -> InpaintResult:
         validate_inputs(y, mask, self.image_shape)
-        check_key(key)
+        check_key(key, rows=np.shape(y)[0])
         labels = backbones.prepare_labels(labels, self.label_dim, np.shape(y)[0])
         return self.jitted(params, y, mask, key, labels)
 

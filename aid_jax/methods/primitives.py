@@ -26,11 +26,14 @@ from aid_jax.methods.contract import DenoiseFn, check_labels, with_labels
 __all__ = [
     "SCHEDULE",
     "call",
+    "check_bool",
     "check_grid",
     "check_int",
     "check_nonneg",
     "check_range",
     "check_schedule",
+    "clip_data",
+    "ddim_coeffs",
     "ddim_step",
     "go_up",
     "noise",
@@ -68,12 +71,25 @@ def ddim_step(
     ancestral (DDPM posterior) step with mean x̂0 + (σ'²/σ)·ε̂ and std σ' sqrt(1 - σ'²/σ²).
     σ' = 0 returns x̂0.
     """
+    keep, c = ddim_coeffs(sigma, sigma_next, eta)
+    eps = (x - denoised) / sigma
+    return denoised + keep * eps + c * noise
+
+
+def ddim_coeffs(sigma: jax.Array, sigma_next: jax.Array, eta: float):
+    """``(sqrt(σ'² - c²), c)`` of the DDIM(η) step σ -> σ' (:func:`ddim_step`): the weight of ε̂
+    and the std of the fresh noise, c = η σ' sqrt(1 - σ'²/σ²)."""
     ratio2 = (sigma_next / sigma) ** 2
     c = eta * sigma_next * jnp.sqrt(jnp.maximum(1.0 - ratio2, 0.0))
     # sqrt(σ'² - c²) = σ' sqrt(1 - η²(1 - σ'²/σ²)), clipped against rounding.
     keep = sigma_next * jnp.sqrt(jnp.maximum(1.0 - eta**2 * (1.0 - ratio2), 0.0))
-    eps = (x - denoised) / sigma
-    return denoised + keep * eps + c * noise
+    return keep, c
+
+
+def clip_data(x: jax.Array) -> jax.Array:
+    """x clamped to the data range [-1, 1] (the official codes' ``clip_denoised`` of x̂0); its
+    derivative is 0 where x was clipped."""
+    return jnp.clip(x, -1.0, 1.0)
 
 
 def go_up(x: jax.Array, sigma: jax.Array, sigma_up: jax.Array, noise: jax.Array) -> jax.Array:
@@ -136,6 +152,11 @@ def check_range(name: str, v, lo: float, hi: float) -> None:
 
 def check_nonneg(name: str, v) -> None:
     check_range(name, v, 0.0, math.inf)
+
+
+def check_bool(name: str, v) -> None:
+    if not isinstance(v, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {v!r}")
 
 
 def check_schedule(schedule) -> None:

@@ -31,6 +31,7 @@ import jax
 from aid_jax import sampling
 from aid_jax.methods import (
     aid,
+    contract,
     ddnm,
     ddnm_plus,
     ddrm,
@@ -243,7 +244,6 @@ def make_inpainter(
     nfe, nfe_backward = entry.cost(**opts)
     fn = entry.run
 
-    @jax.jit
     def core(params, y, mask, key, labels=None) -> InpaintResult:
         if labels is None:  # unconditional: exactly the method on the 3-argument denoiser
 
@@ -256,6 +256,9 @@ def make_inpainter(
             return denoise_with_params(params, x, sigma, rows)
 
         return fn(denoise_labelled, y, mask, key, labels, **opts)
+
+    group = int(opts[entry.samples_option]) if entry.samples_option else 1
+    core = jax.jit(contract.per_row_keys(core, group))
 
     return Inpainter(
         jitted=core,

