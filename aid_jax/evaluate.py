@@ -18,6 +18,9 @@ Writes to the workdir:
   per_image.npz          every per-image metric, so tables can be regenerated
   masks/<mask>.npz/.png  the exact masks used (aid_jax.masks.save_masks)
   outputs/               (eval.save_outputs) every raw output, <mask>__<method>__<steps>.npz
+  jobs/                  every finished (mask, method, steps) job with a fingerprint of its inputs:
+                         an interrupted run resumes where it stopped (eval.resume, default True)
+  png/                   (eval.export_png) composited outputs as PNG folders
   grid_<mask>.png        rows = test images; columns = observed, mask, every method, ground truth
   quality_vs_nfe.png     the headline metric against network passes per image, one panel per mask
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import itertools
 import json
 import math
@@ -546,6 +550,17 @@ def _evaluate(ev: _Setup, todo) -> tuple[list[dict], dict, dict]:
     per_image_all, grid_outputs = {}, {}
     bar = tqdm(total=len(todo) * ev.num_batches, desc="evaluate", unit="batch")
     for mask_name, method_name, steps in todo:
+        fingerprint = _job_fingerprint(ev, programs, mask_name, method_name, steps)
+        done = _load_job(ev, mask_name, method_name, steps, fingerprint)
+        if done is not None:  # finished by an earlier (interrupted) run with the same inputs
+            row, per_image, grid = done
+            rows.append(row)
+            for name, v in per_image.items():
+                per_image_all[f"{mask_name}/{method_name}/{steps}/{name}"] = v
+            if grid is not None:
+                grid_outputs[(mask_name, method_name)] = grid
+            bar.update(ev.num_batches)
+            continue
         x, seconds = _inpaint(ev, programs, mask_name, method_name, steps, bar)
         x = _displayable(x, f"{method_name} ({steps} steps, {mask_name})")
         if ev.config.eval.save_outputs:
@@ -573,10 +588,103 @@ def _evaluate(ev: _Setup, todo) -> tuple[list[dict], dict, dict]:
         for name, v in per_image.items():
             per_image_all[f"{mask_name}/{method_name}/{steps}/{name}"] = v
         # Keep the first images (sample 0) of the largest step count for the grids.
+        grid = None
         if steps == max(ev.config.methods[method_name].steps):
-            grid_outputs[(mask_name, method_name)] = composites[: int(ev.config.eval.grid_images)]
+            grid = composites[: int(ev.config.eval.grid_images)]
+            grid_outputs[(mask_name, method_name)] = grid
+        _save_job(ev, row, per_image, grid, fingerprint)
     bar.close()
     return rows, per_image_all, grid_outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumption: every finished (mask, method, steps) job is stored under <workdir>/jobs/ with a
+# fingerprint of everything its numbers depend on; a rerun reads it instead of recomputing.
+
+
+def _tree_sha256(tree) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def _job_fingerprint(ev: _Setup, programs, mask_name: str, method_name: str, steps: int) -> str:
+    """sha256 of what a job's numbers depend on: backbone, images, labels, mask, method options
+    and the parameters a method brings (AID: a retrained module is a new job), metrics, seeds.
+    Not the batch size or device count (per-row keys make the outputs independent of them)."""
+    config = ev.config
+    fn = programs.inpainter(method_name, steps)
+    entry = config.methods[method_name]
+    payload = dict(
+        version=1,
+        backbone=[str(config.backbone.get("path", "")), ev.backbone.manifest.get("params_sha256")],
+        backbone_params=None if ev.backbone.manifest.get("params_sha256") else "unhashed",
+        data=ev.source.name,
+        indices=hashlib.sha256(np.asarray(ev.idx, np.int64).tobytes()).hexdigest(),
+        samples=ev.k,
+        labels=ev.labels_note,
+        seed=int(config.seed),
+        eval_seed=int(config.eval.seed),
+        bootstrap=int(config.eval.bootstrap),
+        mask=[mask_name, config.masks[mask_name].to_dict(), int(config.eval.mask_seed)],
+        method=[entry.method, entry.get("options", {}) and entry.options.to_dict(), steps],
+        own_params=None if fn.params is None else _tree_sha256(fn.params),
+        metrics=config.metrics.to_dict(),
+        grid_images=int(config.eval.grid_images),
+    )
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _job_path(ev: _Setup, mask_name: str, method_name: str, steps: int) -> pathlib.Path:
+    return ev.workdir / "jobs" / f"{mask_name}__{method_name}__{steps}.npz"
+
+
+def _save_job(ev: _Setup, row: dict, per_image: dict, grid, fingerprint: str) -> None:
+    path = _job_path(ev, row["mask"], row["method"], row["steps"])
+    path.parent.mkdir(exist_ok=True)
+    arrays = {f"per_image/{k}": v for k, v in per_image.items()}
+    if grid is not None:
+        arrays["grid"] = grid
+    meta = json.dumps(_json_safe(dict(fingerprint=fingerprint, row=row)))
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, meta=np.array(meta), **arrays)
+    tmp.replace(path)  # atomic: a job file is complete or absent
+
+
+def _load_job(ev: _Setup, mask_name: str, method_name: str, steps: int, fingerprint: str):
+    """(row, per-image metrics, grid or None) of a finished job with this fingerprint, else None
+    (absent, damaged, or computed from other inputs — then it is recomputed and replaced)."""
+    if not ev.config.eval.get("resume", True):
+        return None
+    path = _job_path(ev, mask_name, method_name, steps)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            per_image = {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith("per_image/")}
+            grid = f["grid"] if "grid" in f.files else None
+    except (OSError, ValueError, KeyError) as e:
+        print(f"warning: {path} is damaged ({e}); recomputing")
+        return None
+    if meta.get("fingerprint") != fingerprint:
+        print(f"note: {path.name} was computed from other inputs; recomputing")
+        return None
+    return _json_restore(meta["row"]), per_image, grid
+
+
+def _json_restore(obj):
+    """Inverse of :func:`_json_safe` for metric values ('inf', '-inf', 'nan' back to floats)."""
+    if isinstance(obj, dict):
+        return {k: _json_restore(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_restore(v) for v in obj]
+    if obj in ("inf", "-inf", "nan"):
+        return float(obj)
+    return obj
 
 
 def row_keys(seed: int, mask_name: str, indices: np.ndarray, k: int) -> jax.Array:

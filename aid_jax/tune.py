@@ -13,10 +13,15 @@ same per-row noise for every candidate. The choice: the lowest mean of ``tune.me
 the hole) over the masks; next to every candidate its paired-bootstrap difference to the choice
 (images × masks resampled together).
 
-Resumable: each (method, budget) is one harness run in ``<workdir>/search/<method>_nfe<B>``;
-finished ones (results.json present) are read, not rerun. Writes ``tuning.json``, ``tuning.md``
-and, when ``tune.write`` names a file, the chosen options as a Python module
-(``configs/tuned_fashion_mnist.py``, read by ``configs/eval_fashion_mnist.py:tuned``).
+A choice at either end of a single numeric knob's values (e.g. ΠGDM's largest w) is not trusted:
+the search goes one step further (the ratio of the last two values) and again while the newest
+value wins, up to ``tune.max_extend`` times.
+
+Resumable: each (method, budget) is one harness run in ``<workdir>/search/<method>_nfe<B>`` (an
+extension one more, ``..._x<j>``); finished ones (results.json present) are read, not rerun.
+Writes ``tuning.json``, ``tuning.md`` and, when ``tune.write`` names a file, the chosen options
+as a Python module (``configs/tuned_fashion_mnist.py``, read by
+``configs/eval_fashion_mnist.py:tuned``).
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ def plan(config) -> list[dict[str, Any]]:
         if method not in config.tune.space:
             raise TuneError(f"tune.space has no entry for {method!r} (add its search values)")
         combos = _combinations(config, method)
+        knob = _single_knob(config, method)
         for combo in combos:  # names and values (at a step count any budget would allow)
             try:
                 methods.method_cost(method, **{**combo, "num_steps": 1000})
@@ -120,6 +126,7 @@ def plan(config) -> list[dict[str, Any]]:
                         steps=steps,
                         nfe=nfe,
                         nfe_backward=nfe_b,
+                        knob=knob,
                     )
                 )
             if not fits:
@@ -133,6 +140,37 @@ def plan(config) -> list[dict[str, Any]]:
     return out
 
 
+def _single_knob(config, method: str) -> str | None:
+    """The option searched when ``tune.space.<method>`` is a grid over one numeric option (else
+    None): a choice at either end of its values is then extended (:func:`_extension`)."""
+    space = config.tune.space[method].to_dict()
+    grid = {k: v for k, v in space.items() if k not in ("budgets", "fixed", "candidates")}
+    if "candidates" in space or len(grid) != 1:
+        return None
+    ((name, values),) = grid.items()
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return name if numeric and len(values) >= 2 else None
+
+
+def _extension(group: list[dict]) -> dict | None:
+    """When the group's choice sits at the end of its knob's values, the options one step beyond
+    (the ratio of the last two values, or their difference when a value is not positive); None
+    when the choice is inside the range or the group has no single numeric knob."""
+    best = next(c for c in group if c.get("chosen"))
+    knob = best.get("knob")
+    if knob is None:
+        return None
+    values = sorted({c["options"][knob] for c in group})
+    v = best["options"][knob]
+    if v not in (values[0], values[-1]) or len(values) < 2:
+        return None
+    a, b = (values[-2], values[-1]) if v == values[-1] else (values[1], values[0])
+    nxt = b * (b / a) if a > 0 and b > 0 else b + (b - a)
+    if isinstance(b, int) and float(nxt).is_integer():
+        nxt = int(nxt)
+    return {**best["options"], knob: nxt}
+
+
 def _least_nfe(method: str, options: dict) -> int | str:
     for n in range(1, 4097):
         try:
@@ -140,6 +178,15 @@ def _least_nfe(method: str, options: dict) -> int | str:
         except ValueError:
             continue
     return "unknown"
+
+
+def _fits(method: str, budget: int, options: dict) -> int | None:
+    """``steps_for_budget`` for valid options; None for options the method refuses."""
+    try:
+        methods.method_cost(method, **{**options, "num_steps": 1000})
+    except ValueError:
+        return None
+    return steps_for_budget(method, budget, options)
 
 
 def _harness_config(config, candidates: list[dict]):
@@ -156,28 +203,40 @@ def _harness_config(config, candidates: list[dict]):
     return harness
 
 
-def _scores(config, group_dir: pathlib.Path, candidates: list[dict]) -> None:
-    """Adds ``metric`` (per mask and mean) to every candidate of a finished group, and its paired
-    difference to the group's choice."""
+def _scores(config, workdir: pathlib.Path, candidates: list[dict]) -> None:
+    """Adds ``metric`` (per mask and mean) to every candidate of a finished group (each read from
+    its harness run ``candidate["run"]``), the group's choice and every candidate's paired
+    difference to it (the runs share images, masks and per-row noise)."""
     metric = config.tune.metric
-    results = json.loads((group_dir / "results.json").read_text())
-    per_image = np.load(group_dir / "per_image.npz")
-    masks = list(results["masks"])
+    values = {}
     for c in candidates:
+        run_dir = workdir / c["run"]
+        results = json.loads((run_dir / "results.json").read_text())
+        masks = list(results["masks"])
+        with np.load(run_dir / "per_image.npz") as per_image:
+            values[c["entry"]] = np.concatenate(
+                [per_image[f"{m}/{c['entry']}/{c['steps']}/{metric}"] for m in masks]
+            )
         rows = [r for r in results["rows"] if r["method"] == c["entry"]]
         c["per_mask"] = {r["mask"]: r["metrics"][metric]["mean"] for r in rows}
         c["score"] = float(np.mean([c["per_mask"][m] for m in masks]))
-        c["_values"] = np.concatenate(
-            [per_image[f"{m}/{c['entry']}/{c['steps']}/{metric}"] for m in masks]
-        )
     lower = metric.startswith(report.LOWER_IS_BETTER)
     best = (min if lower else max)(candidates, key=lambda c: c["score"])
     boot = dict(num_resamples=int(config.eval.bootstrap), seed=int(config.eval.seed))
     for c in candidates:
         c["chosen"] = c is best
-        c["delta_vs_chosen"] = report.paired_bootstrap(c["_values"], best["_values"], **boot)
-    for c in candidates:
-        del c["_values"]
+        c["delta_vs_chosen"] = report.paired_bootstrap(
+            values[c["entry"]], values[best["entry"]], **boot
+        )
+
+
+def _run_group(config, workdir: pathlib.Path, group: list[dict], name: str, label: str) -> None:
+    """One harness run for ``group`` into ``search/<name>`` unless it finished before."""
+    for c in group:
+        c["run"] = f"search/{name}"
+    if not (workdir / "search" / name / "results.json").exists():
+        print(label)
+        evaluate.run(_harness_config(config, group), str(workdir / "search" / name))
 
 
 def run(config, workdir: str) -> dict:
@@ -191,11 +250,30 @@ def run(config, workdir: str) -> dict:
     order = sorted(groups, key=lambda mb: mb[1])
     for i, (method, budget) in enumerate(order):
         group = groups[(method, budget)]
-        group_dir = workdir / "search" / f"{method}_nfe{budget}"
-        if not (group_dir / "results.json").exists():
-            print(f"[{i + 1}/{len(groups)}] {method} at {budget} NFE: {len(group)} candidates")
-            evaluate.run(_harness_config(config, group), str(group_dir))
-        _scores(config, group_dir, group)
+        name = f"{method}_nfe{budget}"
+        label = f"[{i + 1}/{len(groups)}] {method} at {budget} NFE: {len(group)} candidates"
+        _run_group(config, workdir, group, name, label)
+        _scores(config, workdir, group)
+        # A choice at the end of its knob's range: search one step further, up to max_extend.
+        for j in range(int(config.tune.get("max_extend", 0))):
+            options = _extension(group)
+            steps = None if options is None else _fits(method, budget, options)
+            if steps is None:
+                break
+            nfe, nfe_b = methods.method_cost(method, **{**options, "num_steps": steps})
+            extra = dict(
+                group[0],
+                entry=f"{method}__nfe{budget}__x{j}",
+                options=options,
+                steps=steps,
+                nfe=nfe,
+                nfe_backward=nfe_b,
+            )
+            group.append(extra)
+            label = f"    {method} at {budget} NFE: the choice is at the edge, trying {options}"
+            _run_group(config, workdir, [extra], f"{name}_x{j}", label)
+            _scores(config, workdir, group)
+    candidates = [c for key in groups for c in groups[key]]
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "metric": config.tune.metric,

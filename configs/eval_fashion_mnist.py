@@ -52,6 +52,7 @@ def get_config(arg=None):
             # "test": images outside the held-out validation block (2,000 of the 10,000 test
             # images; "validation" draws from that block: tuning, AID's model selection).
             subset="test",
+            resume=True,  # finished jobs in <workdir>/jobs/ with the same inputs are not rerun
             # Class labels for a class-conditional backbone (label_dim > 0): None = auto (on when
             # the data has labels), True = on, False = the backbone's zero class vector.
             # An unconditional backbone (as here) never gets labels.

@@ -31,6 +31,7 @@ def get_config(arg=None):
             budgets=(10, 20, 50, 100),  # forward NFE per sample
             metric="lpips_hole",
             write="configs/tuned_fashion_mnist.py",  # "" = only <workdir>/tuning.*
+            max_extend=3,  # a choice at the end of a one-knob grid: search up to 3 steps beyond
             # Per method: value tuples (every combination is a candidate) or `candidates` (a
             # tuple of option dicts), `fixed` options, optionally its own `budgets`. num_steps is
             # set per budget (the most steps whose forward NFE fits).
@@ -68,6 +69,7 @@ def get_config(arg=None):
             budgets=(3, 5),
             metric="psnr_hole",
             write="",
+            max_extend=1,
         )
         config.tune.space.repaint.candidates = (
             dict(jump_length=1, jump_n_sample=1),

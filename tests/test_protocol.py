@@ -222,3 +222,32 @@ def test_harness_outputs_do_not_depend_on_batch_size_or_subset_size(tmp_path):
     assert max(deltas) == 0.0 and min(deltas) <= 0.0
     md = (tmp_path / "a" / "results.md").read_text()
     assert "delta_psnr_hole_vs_best" in md and "row − column" in md and "rank nothing" in md
+
+
+def test_harness_resumes_finished_jobs_and_only_those(tmp_path, monkeypatch):
+    from aid_jax import evaluate
+
+    first, config = _smoke(tmp_path)
+    calls = []
+    original = evaluate._inpaint
+
+    def counting(ev, programs, mask, method, steps, bar):
+        calls.append((mask, method, steps))
+        return original(ev, programs, mask, method, steps, bar)
+
+    monkeypatch.setattr(evaluate, "_inpaint", counting)
+    again, _ = _smoke(tmp_path)  # everything finished: nothing runs, the same numbers
+    assert calls == []
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "metrics"} for r in rs]  # noqa: E731
+    assert strip(again["rows"]) == strip(first["rows"])
+    for a, b in zip(first["rows"], again["rows"], strict=True):
+        assert a["metrics"].keys() == b["metrics"].keys()
+        for name in a["metrics"]:
+            assert a["metrics"][name] == pytest.approx(b["metrics"][name], nan_ok=True), name
+    # Another option value is another job; a damaged job file is recomputed.
+    jobs = tmp_path / "jobs"
+    (jobs / "center_box__replacement__2.npz").write_bytes(b"damaged")
+    config = config.copy_and_resolve_references()
+    config.methods.ddnm.options.eta = 0.3
+    evaluate.run(config, str(tmp_path))
+    assert sorted(calls) == [("center_box", "ddnm", 2), ("center_box", "replacement", 2)]

@@ -61,6 +61,18 @@ def test_smoke_search_chooses_writes_and_resumes(tmp_path, monkeypatch):
         assert best["score"] == max(c["score"] for c in group)  # psnr_hole: higher is better
         assert best["delta_vs_chosen"]["mean"] == 0.0
         assert record["chosen"][method][budget]["num_steps"] == best["steps"]
+    # A choice at the end of a one-knob grid was searched one step further (max_extend=1).
+    for method, budget in groups:
+        group = [c for c in record["candidates"] if (c["method"], c["budget"]) == (method, budget)]
+        extended = [c for c in group if "__x" in c["entry"]]
+        first = [c for c in group if "__x" not in c["entry"]]
+        for c in first:
+            c["chosen"] = c["score"] == max(x["score"] for x in first)
+        nxt = tune._extension(first)
+        if nxt is not None and tune._fits(method, budget, nxt) is not None:
+            assert [c["options"] for c in extended] == [nxt]
+        else:
+            assert not extended
     # The harness ran on validation images only.
     res = json.loads((tmp_path / "run/search/ddnm_nfe3/results.json").read_text())
     from aid_jax.data import pipeline
@@ -81,3 +93,22 @@ def test_smoke_search_chooses_writes_and_resumes(tmp_path, monkeypatch):
 
 def _int_keys(d):
     return {int(k) if k.isdigit() else k: v for k, v in d.items()}
+
+
+def test_a_choice_at_the_edge_of_its_knob_is_extended():
+    def group(values, chosen):
+        return [dict(options={"w": v, "eta": 0.0}, knob="w", chosen=(v == chosen)) for v in values]
+
+    assert tune._extension(group((0.5, 1.0, 2.0), 2.0)) == {"w": 4.0, "eta": 0.0}
+    assert tune._extension(group((0.5, 1.0, 2.0), 0.5)) == {"w": 0.25, "eta": 0.0}
+    assert tune._extension(group((0.5, 1.0, 2.0), 1.0)) is None  # inside: trusted
+    assert tune._extension(group((0.0, 0.5), 0.0)) == {"w": -0.5, "eta": 0.0}  # linear step
+    no_knob = [dict(options={"a": 1}, knob=None, chosen=True)]
+    assert tune._extension(no_knob) is None
+    # Options the method refuses end the extension (ddnm's η ≤ 1).
+    assert tune._fits("ddnm", 10, {"eta": 1.2}) is None
+    assert tune._fits("ddnm", 10, {"eta": 0.3}) == 10
+    config = tune_fashion_mnist.get_config()
+    assert tune._single_knob(config, "pigdm") == "w"
+    assert tune._single_knob(config, "repaint") is None  # listed candidates
+    assert tune._single_knob(config, "unguided") is None  # not numeric
