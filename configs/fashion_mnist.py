@@ -45,6 +45,12 @@ def get_config(arg=None):
             lam=0.001,  # temperature λ: policy std √(2λ/β) = 0.45 per coordinate
             beta=0.01,  # running cost (β/2)‖u‖²/d; 0.1 held the module back (docs/AID_DESIGN.md)
             hole_weight=1.0,  # Ψ weight of hole pixels (1: plain MSE)
+            # Ψ = psi_mse·MSE to x0 + psi_observed·‖m⊙(x − y)‖²/d; the MSE's optimum is the
+            # conditional mean (blur), observed-only with beta_weighting="inv_sigma2" (β_k =
+            # β/σ_k²) samples the posterior in the LQ world (docs/AID_DESIGN.md).
+            psi_mse=1.0,
+            psi_observed=0.0,
+            beta_weighting="uniform",  # "uniform" | "inv_sigma2"
             actor_channels=(8, 8, 8),
             actor_emb_dim=16,
             critic_channels=(8, 16, 32),

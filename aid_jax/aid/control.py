@@ -142,7 +142,8 @@ class Rollout:
         eps: ``[K, B, ...]`` policy noise ε_k (antithetic: ``eps[:, B/2:] = -eps[:, :B/2]``).
         means: ``[K, B, ...]`` policy means μ_k (no gradient).
         sigmas: ``[K + 1]`` noise levels (σ_K = 0).
-        policy_std: s, a 0-d array or one broadcastable to ``[B, ...]`` (per coordinate).
+        policy_std: s, a 0-d array or one broadcastable to ``[B, ...]`` (per coordinate), or
+            ``[K, 1, ...]`` (one per step).
     """
 
     xs: jax.Array
@@ -208,6 +209,7 @@ def rollout(
     *,
     policy_std: float | jax.Array,
     antithetic: bool = False,
+    per_step: bool = False,
 ) -> Rollout:
     """Rolls out K Euler steps of the controlled sampler under the Gaussian policy (AID.md §4).
 
@@ -224,7 +226,8 @@ def rollout(
         sigmas: ``[K + 1]`` decreasing noise levels ending with 0 (``sampling.edm_sigmas(K)``).
         key: PRNG key of the policy noise.
         policy_std: s, a float or an array broadcastable to ``x_init.shape[1:]`` (or to
-            ``x_init.shape``); :func:`gaussian_policy_std` gives √(2λ/β).
+            ``x_init.shape``); :func:`gaussian_policy_std` gives √(2λ/β). With
+            ``per_step=True``: one std per step, ``[K]`` (a σ-dependent running cost).
         antithetic: Draw ε for the first half of the batch and use −ε for the second; sample i
             pairs with i + B/2. The caller makes the pairs share X_0 and their conditioning
             (:func:`pair_up`). Needs an even batch.
@@ -241,6 +244,10 @@ def rollout(
     if antithetic and batch % 2:
         raise ValueError(f"antithetic=True needs an even batch (pairs i, i + B/2); got B = {batch}")
     s = jnp.asarray(policy_std, dtype)
+    if per_step and s.shape != (sigmas.shape[0] - 1,):
+        raise ValueError(
+            f"per_step policy_std must be [K] = [{sigmas.shape[0] - 1}], got {s.shape}"
+        )
     noise_shape = ((batch // 2) if antithetic else batch,) + x.shape[1:]
 
     def forward_only(x_, sigma_b):
@@ -254,7 +261,8 @@ def rollout(
         eps = jax.random.normal(jax.random.fold_in(key, k), noise_shape, dtype)
         if antithetic:
             eps = jnp.concatenate([eps, -eps], axis=0)
-        return mu + s * eps, (denoised, eps, mu)
+        s_k = s[k] if per_step else s
+        return mu + s_k * eps, (denoised, eps, mu)
 
     _, xs, (den, eps, mus) = sampling.integrate(
         forward_only,
@@ -266,6 +274,8 @@ def rollout(
         has_aux=True,
         return_trajectory=True,
     )
+    if per_step:  # broadcast against the stored ε [K, B, ...]
+        s = s.reshape((-1,) + (1,) * x.ndim)
     return Rollout(xs=xs, denoised=den, eps=eps, means=mus, sigmas=sigmas, policy_std=s)
 
 

@@ -4,7 +4,8 @@ Costs, per dimension (AID.md §2), on the step clock r_k = k/K, Δr = 1/K, T = 1
 
 * running cost ℓ(a) = (β/2)‖a‖²/d (:func:`running_cost`), paid as ℓ(A_k)Δr per step;
 * terminal cost Ψ(x) = Σ_i w_i (x_i − x0_i)²/d, w ≡ 1 by default (:func:`terminal_cost`; hole
-  weighting through :func:`hole_weights`);
+  weighting through :func:`hole_weights`), and/or the observed-pixel consistency
+  ‖m ⊙ (x − y)‖²/d (:func:`observed_cost`); β may differ per step (``running_cost``);
 * critic V̂_k = V_ψ(k, r_k, σ_k, X_k) − λ r_k for k < K, with the −λr term explicit and outside the
   network, and V̂_K = Ψ(X_K) − λT, never the network (:func:`value_estimates`). Under the Gaussian
   policy E[ℓ(A)] = ℓ(μ) + λ, so the relaxed problem's value is the original's minus λ r.
@@ -55,6 +56,7 @@ __all__ = [
     "lambda_returns",
     "lr_actor_loss",
     "normalize_advantages",
+    "observed_cost",
     "pathwise_actor_loss",
     "running_cost",
     "terminal_cost",
@@ -80,17 +82,26 @@ def _mean_features(a: jax.Array, batch_axes: int) -> jax.Array:
     return jnp.mean(a, axis=tuple(range(batch_axes, a.ndim)))
 
 
-def running_cost(a: jax.Array, beta: float, *, batch_axes: int = 1) -> jax.Array:
+def running_cost(a: jax.Array, beta, *, batch_axes: int = 1) -> jax.Array:
     """ℓ(a) = (β/2)‖a‖²/d per sample (d = number of features).
 
     Args:
         a: Actions ``[B, ...]`` (or ``[K, B, ...]`` with ``batch_axes=2``).
-        beta: Control-cost weight β.
+        beta: Control-cost weight β: a number, or with ``batch_axes=2`` one β_k per step
+            (``[K]``, a σ-dependent running cost; ``AIDConfig.betas``).
         batch_axes: Number of leading axes kept; the mean runs over the rest.
 
     Returns:
         ``a.shape[:batch_axes]``.
     """
+    beta = jnp.asarray(beta, a.dtype)
+    if beta.ndim == 1:
+        if batch_axes != 2 or beta.shape[0] != a.shape[0]:
+            raise ValueError(
+                f"a per-step beta [{beta.shape[0]}] needs actions [K, B, ...] with K = "
+                f"{beta.shape[0]} and batch_axes=2, got {a.shape} with batch_axes={batch_axes}"
+            )
+        beta = beta[:, None]
     return (0.5 * beta) * _mean_features(jnp.square(a), batch_axes)
 
 
@@ -118,6 +129,15 @@ def terminal_cost(
     if weight is not None:
         sq = sq * weight
     return _mean_features(sq, batch_axes)
+
+
+def observed_cost(x: jax.Array, y: jax.Array, mask: jax.Array, *, batch_axes: int = 1):
+    """‖m ⊙ (x − y)‖²/d per sample: consistency with the observation on the known pixels only
+    (no ground truth; docs/AID_DESIGN.md). ``mask`` broadcasts to ``x`` (1 = known)."""
+    if x.shape != y.shape:
+        raise ValueError(f"x {x.shape} and y {y.shape} must have the same shape")
+    m = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
+    return _mean_features(jnp.square(m * (x - y)), batch_axes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ __all__ = [
     "value_fn",
 ]
 
+BETA_WEIGHTINGS = ("uniform", "inv_sigma2")
 OUTPUTS = ("denoiser", "denoiser_step", "drift")
 BASES = ("none", "projection")
 
@@ -72,7 +73,14 @@ class AIDConfig:
         sigma_data: EDM's σ_data (the actor's input scaling c_in).
         lam: Temperature λ of the Gaussian policy (per-coordinate std √(2λ/β)).
         beta: Weight β of the running cost (β/2)‖u‖²/d.
-        hole_weight: Weight of the hole's pixels in Ψ (1 = plain mean squared error).
+        hole_weight: Weight of the hole's pixels in Ψ's MSE term (1 = plain mean squared error).
+        psi_mse, psi_observed: Weights of the terminal cost's terms (docs/AID_DESIGN.md, "Objectives
+            that sample the posterior"): Ψ = psi_mse·Σ w_i (x_i − x0_i)²/d (today's MSE to x0,
+            whose optimum is the conditional mean) + psi_observed·‖m ⊙ (x − y)‖²/d (consistency
+            on the observed pixels only: needs no x0 and keeps the output's dependence on X_0).
+        beta_weighting: The running cost per step: ``'uniform'`` β_k = β; ``'inv_sigma2'``
+            β_k = β/σ_k², control cheap where the noise is high (the path-KL weighting). The
+            policy std follows, s_k = √(2λ/β_k), so E[ℓ_k(A)] = ℓ_k(μ) + λ at every step.
         actor_channels, actor_emb_dim: Widths of the guidance UNet.
         critic_channels, critic_hidden, critic_emb_dim: Widths of the critic.
         critic_x0: Whether the critic also sees the ground truth x0 (never the deployed actor).
@@ -103,6 +111,9 @@ class AIDConfig:
     lam: float = 0.01
     beta: float = 0.1
     hole_weight: float = 1.0
+    psi_mse: float = 1.0
+    psi_observed: float = 0.0
+    beta_weighting: str = "uniform"
     actor_channels: tuple[int, ...] = (8, 8, 8)
     actor_emb_dim: int = 16
     critic_channels: tuple[int, ...] = (8, 16, 32)
@@ -129,6 +140,15 @@ class AIDConfig:
             raise AIDError(f"base must be one of {BASES}, got {self.base!r}")
         if self.hole_weight < 0:
             raise AIDError(f"hole_weight must be >= 0, got {self.hole_weight}")
+        if self.psi_mse < 0 or self.psi_observed < 0 or self.psi_mse + self.psi_observed <= 0:
+            raise AIDError(
+                "psi_mse and psi_observed must be >= 0 with a positive sum (the terminal cost "
+                f"needs a term), got psi_mse={self.psi_mse}, psi_observed={self.psi_observed}"
+            )
+        if self.beta_weighting not in BETA_WEIGHTINGS:
+            raise AIDError(
+                f"beta_weighting must be one of {BETA_WEIGHTINGS}, got {self.beta_weighting!r}"
+            )
         levels = len(self.actor_channels)
         h, w, _ = shape
         if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
@@ -139,8 +159,19 @@ class AIDConfig:
 
     @property
     def policy_std(self) -> float:
-        """s = √(2λ/β), the per-coordinate std of the training policy (AID.md §2)."""
+        """s = √(2λ/β), the per-coordinate std of the training policy (AID.md §2) for the
+        uniform weighting (per step: :meth:`policy_stds`)."""
         return control.gaussian_policy_std(self.lam, self.beta)
+
+    def betas(self, num_steps: int | None = None) -> np.ndarray:
+        """β_k of the running cost per step, float32 ``[K]`` (``beta_weighting``)."""
+        sig = np.asarray(self.sigmas(num_steps), np.float64)[:-1]
+        scale = 1.0 / sig**2 if self.beta_weighting == "inv_sigma2" else np.ones_like(sig)
+        return (self.beta * scale).astype(np.float32)
+
+    def policy_stds(self, num_steps: int | None = None) -> np.ndarray:
+        """s_k = √(2λ/β_k), float32 ``[K]``."""
+        return np.sqrt(2.0 * self.lam / self.betas(num_steps).astype(np.float64)).astype(np.float32)
 
     def sigmas(self, num_steps: int | None = None) -> jax.Array:
         """The float32 noise levels ``[N + 1]`` of ``num_steps`` (default K) steps."""

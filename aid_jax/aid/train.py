@@ -153,7 +153,10 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
     if t.actor not in ACTORS:
         raise ValueError(f"train.actor must be one of {ACTORS}, got {t.actor!r}")
     sigmas = cfg.sigmas()
-    lam, beta = cfg.lam, cfg.beta
+    lam = cfg.lam
+    per_step = cfg.beta_weighting != "uniform"
+    beta = jnp.asarray(cfg.betas()) if per_step else cfg.beta
+    policy_std = jnp.asarray(cfg.policy_stds()) if per_step else cfg.policy_std
     ema_decay = float(config.optim.ema)
     warmup = int(t.critic_warmup)
 
@@ -176,11 +179,21 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
             x_init,
             sigmas,
             k_policy,
-            policy_std=cfg.policy_std,
+            policy_std=policy_std,
             antithetic=bool(t.antithetic),
+            per_step=per_step,
         )
         weight = losses.hole_weights(mask, cfg.hole_weight)
-        terminal = losses.terminal_cost(ro.xs[-1], x0, weight)
+
+        def psi(xk):  # the terminal cost Ψ (AIDConfig.psi_mse, psi_observed)
+            out = jnp.zeros(xk.shape[:1], jnp.float32)
+            if cfg.psi_mse:
+                out = out + cfg.psi_mse * losses.terminal_cost(xk, x0, weight)
+            if cfg.psi_observed:
+                out = out + cfg.psi_observed * losses.observed_cost(xk, y, mask)
+            return out
+
+        terminal = psi(ro.xs[-1])
 
         # Critic: semi-gradient TD(τ) on the rollout (AID.md §4).
         def critic_objective(cp):
@@ -215,7 +228,7 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
                     mu,
                     v_frozen,
                     ro,
-                    lambda xk: losses.terminal_cost(xk, x0, weight),
+                    psi,
                     beta=beta,
                     lam=lam,
                     step_map=t.step_map,
