@@ -106,6 +106,18 @@ def main(argv=None):
     parser.add_argument("--lam", type=float, default=0.1, help="temperature λ")
     parser.add_argument("--beta", type=float, default=0.1, help="control-cost weight β")
     parser.add_argument("--K", type=int, default=10, help="sampler steps")
+    parser.add_argument(
+        "--terminal",
+        default="mse",
+        choices=lq.LQ_TERMINALS,
+        help="Ψ: MSE to x0, or consistency on the observed pixels only (issue 16)",
+    )
+    parser.add_argument(
+        "--beta-weighting",
+        default="uniform",
+        choices=["uniform", "inv_sigma2"],
+        help="running cost β_k = β or β/σ_k² (issue 16)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--actor", nargs="+", default=["lr", "pathwise"], choices=["lr", "pathwise"]
@@ -158,12 +170,15 @@ def main(argv=None):
         lam=args.lam,
         beta=args.beta,
         mask_seed=args.seed,
+        terminal=args.terminal,
+        beta_weighting=args.beta_weighting,
     )
     j0, js = problem.unguided_cost(), problem.optimal_cost()
     print(
         f"LQ benchmark {args.height}x{args.width}, length scale {args.length_scale:g}, variance "
         f"{args.variance:g}, mask {args.mask} ({int((problem.mask == 0).sum())} of "
-        f"{problem.dim} missing), K = {args.K}, λ = {args.lam:g}, β = {args.beta:g}\n"
+        f"{problem.dim} missing), K = {args.K}, λ = {args.lam:g}, β = {args.beta:g}, Ψ "
+        f"{args.terminal}, β weighting {args.beta_weighting}\n"
         f"J_0 = {j0:.5f} (unguided)   J* = {js:.5f} (closed form)",
         flush=True,
     )

@@ -113,3 +113,63 @@ def test_observed_target_ignores_the_hole_and_names_are_checked(small):
         obj.control_weights(small, 0.1, "inv_sigma")
     with pytest.raises(ValueError, match="beta must be > 0"):
         obj.control_weights(small, 0.0, "uniform")
+
+
+@pytest.mark.parametrize(
+    "terminal, weighting",
+    [("observed", "inv_sigma2"), ("mse", "inv_sigma2"), ("observed", "uniform")],
+)
+def test_feedback_gains_cost_equals_the_open_loop_optimum(terminal, weighting):
+    """LQProblem's optimal feedback (closed loop, from step k's M_k) costs exactly the expected
+    cost of lq_objectives' open-loop optimum per (X_0, y) — two derivations of one optimum —
+    and perturbing the gains costs more."""
+    p = LQProblem.create(
+        4, 4, mask="top_half", num_steps=5, beta=0.05, terminal=terminal, beta_weighting=weighting
+    )
+    d = p.dim
+    # The open-loop optimum is linear in z = (X_0, x0): build its maps column by column.
+    cols_u, cols_e = [], []
+    for i in range(2 * d):
+        z = np.zeros(2 * d)
+        z[i] = 1.0
+        u, x_k = obj.optimal_controls(p, z[:d], z[d:], terminal, 0.05, weighting)
+        cols_u.append(u.reshape(-1))
+        cols_e.append(x_k - z[d:])
+    u_map, e_map = np.stack(cols_u, 1), np.stack(cols_e, 1)
+    cov = np.diag(np.concatenate([np.full(d, p.sigmas[0] ** 2), np.zeros(d)]))
+    cov[d:, d:] = p.world.cov
+    betas = np.repeat(p.betas, d)
+    running = 0.5 * p.dr * np.sum(betas[:, None] * (u_map @ cov) * u_map) / d
+    q = p.terminal_weight
+    terminal_cost = np.trace(q @ e_map @ cov @ e_map.T) / d
+    f, g = p.optimal_gains()
+    assert p.policy_cost(f, g) == pytest.approx(running + terminal_cost, rel=1e-8)
+    assert p.optimal_cost() == pytest.approx(running + terminal_cost, rel=1e-8)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        assert p.policy_cost(f + 1e-3 * rng.normal(size=f.shape), g) > p.optimal_cost()
+    assert p.unguided_cost() > p.optimal_cost()
+
+
+@pytest.mark.parametrize("features", ["xy", "whitened"])
+def test_the_learners_classes_contain_the_new_optimum(features):
+    """With Ψ on the observed pixels and β_k = β/σ_k² the actor (output in units of s_k) written
+    with the optimal parameters costs J*: the function class the LQ benchmark trains contains
+    the optimum it is scored against."""
+    from aid_jax.aid import lq
+
+    p = LQProblem.create(
+        4,
+        4,
+        mask="top_half",
+        num_steps=5,
+        beta=0.01,
+        lam=0.001,
+        terminal="observed",
+        beta_weighting="inv_sigma2",
+    )
+    params = lq.optimal_actor_params(p, features)
+    fn = lq.make_actor_fn(p, features)
+    f, g, h = lq.linearize_actor(lambda k, x, y: fn(params, k, x, y), p)
+    assert p.policy_cost(f, g, h) == pytest.approx(p.optimal_cost(), rel=2e-3)
+    assert p.unguided_cost() > 10 * p.optimal_cost()

@@ -80,6 +80,7 @@ __all__ = [
 
 MASKS = BENCHMARK_MASKS
 FEATURES = ("xy", "whitened")
+LQ_TERMINALS = ("mse", "observed")
 
 
 def lq_mask(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -112,6 +113,10 @@ class LQProblem:
         beta: Control-cost weight β.
         sigmas: float64 ``[K + 1]``: the float32 noise levels of the ``sampling.EDMSchedule``
             (what the JAX sampler runs on), widened.
+        terminal: Ψ: ``'mse'`` ‖x_K − x0‖²/d (the module doc's problem) or ``'observed'``
+            ‖m ⊙ (x_K − y)‖²/d (issue 16; :mod:`aid_jax.aid.lq_objectives`).
+        beta_weighting: ``'uniform'`` β_k = β or ``'inv_sigma2'`` β_k = β/σ_k² (policy std
+            √(2λ/β_k) per step).
     """
 
     world: GaussianWorld
@@ -120,6 +125,8 @@ class LQProblem:
     lam: float
     beta: float
     sigmas: np.ndarray
+    terminal: str = "mse"
+    beta_weighting: str = "uniform"
 
     @classmethod
     def create(
@@ -135,6 +142,8 @@ class LQProblem:
         beta: float = 0.1,
         schedule: EDMSchedule = EDMSchedule(),  # noqa: B008 (frozen, hashable)
         mask_seed: int = 0,
+        terminal: str = "mse",
+        beta_weighting: str = "uniform",
     ) -> LQProblem:
         """The instance of AID.md §5 (defaults: 8x8, length scale 2, variance 0.25, top half
         known, K = 10, λ = β = 0.1, EDM's ρ-schedule)."""
@@ -148,8 +157,14 @@ class LQProblem:
             raise ValueError("mask must have both known (1) and missing (0) pixels")
         if not lam > 0 or not beta > 0:
             raise ValueError(f"lam and beta must be > 0, got {lam}, {beta}")
+        if terminal not in LQ_TERMINALS:
+            raise ValueError(f"terminal must be one of {LQ_TERMINALS}, got {terminal!r}")
+        if beta_weighting not in ("uniform", "inv_sigma2"):
+            raise ValueError(
+                f"beta_weighting must be 'uniform' or 'inv_sigma2', got {beta_weighting!r}"
+            )
         sig = np.asarray(schedule.sigmas(num_steps), np.float64)
-        return cls(world, m, int(num_steps), float(lam), float(beta), sig)
+        return cls(world, m, int(num_steps), float(lam), float(beta), sig, terminal, beta_weighting)
 
     # -- basic quantities --------------------------------------------------------------------
 
@@ -168,7 +183,37 @@ class LQProblem:
 
     @property
     def policy_std(self) -> float:
+        """√(2λ/β) (the uniform weighting's; per step: :attr:`policy_stds`)."""
         return control.gaussian_policy_std(self.lam, self.beta)
+
+    @property
+    def uniform(self) -> bool:
+        return self.beta_weighting == "uniform"
+
+    @property
+    def betas(self) -> np.ndarray:
+        """β_k per step, float64 ``[K]``."""
+        sig = self.sigmas[:-1]
+        return (
+            self.beta / sig**2
+            if self.beta_weighting == "inv_sigma2"
+            else np.full_like(sig, self.beta)
+        )
+
+    @property
+    def policy_stds(self) -> np.ndarray:
+        """s_k = √(2λ/β_k), float64 ``[K]``."""
+        return np.sqrt(2.0 * self.lam / self.betas)
+
+    @property
+    def terminal_weight(self) -> np.ndarray:
+        """Q of Ψ = (x_K − t)ᵀQ(x_K − t)/d: I (``'mse'``) or diag(m) (``'observed'``)."""
+        return np.diag(self.mask) if self.terminal == "observed" else np.eye(self.dim)
+
+    @property
+    def terminal_target_map(self) -> np.ndarray:
+        """T with the optimal target t = T y: L (the conditional mean, ``'mse'``) or diag(m)."""
+        return np.diag(self.mask) if self.terminal == "observed" else self.conditional_mean_map
 
     @functools.cached_property
     def transitions(self) -> np.ndarray:
@@ -215,15 +260,21 @@ class LQProblem:
         return self._posterior_maps[1]
 
     def _m_matrix(self, k: int) -> np.ndarray:
+        """M_k = I + G_k Q, G_k = Σ_{j≥k} (2Δr/β_j) Φ_{K,j+1}Φ_{K,j+1}ᵀ (I + aG_k for the MSE)."""
         phi = self.propagators
-        a = 2.0 * self.dr / self.beta
-        g = sum(phi[j + 1] @ phi[j + 1].T for j in range(k, self.num_steps))
-        return np.eye(self.dim) + a * g
+        betas = self.betas
+        g = sum(
+            (2.0 * self.dr / betas[j]) * phi[j + 1] @ phi[j + 1].T for j in range(k, self.num_steps)
+        )
+        return np.eye(self.dim) + g @ self.terminal_weight
 
     # -- the optimum -------------------------------------------------------------------------
 
     def optimal_cost(self) -> float:
-        """J* = tr(M_0⁻¹(σ_0² Φ_{K,0}Φ_{K,0}ᵀ + Σ − C))/d + tr(C)/d (closed form, module doc)."""
+        """J* = tr(M_0⁻¹(σ_0² Φ_{K,0}Φ_{K,0}ᵀ + Σ − C))/d + tr(C)/d (closed form, module doc);
+        for other Ψ or β weightings, the exact cost of the optimal feedback."""
+        if self.terminal != "mse" or not self.uniform:
+            return self.policy_cost(*self.optimal_gains())
         phi0 = self.propagators[0]
         c = self.posterior_cov
         e_cov = self.sigmas[0] ** 2 * phi0 @ phi0.T + self.world.cov - c
@@ -234,6 +285,8 @@ class LQProblem:
         """Optimal expected cost given one start X_0 and observation y (expectation over x0 | y):
         eᵀM_0⁻¹e/d + tr(C)/d with e = Φ_{K,0}X_0 − L y."""
         x = np.asarray(x_init, np.float64).reshape(self.dim)
+        if self.terminal != "mse" or not self.uniform:
+            raise NotImplementedError("optimal_cost_given covers the uniform MSE problem only")
         yv = np.asarray(y, np.float64).reshape(self.dim) * self.mask
         e = self.propagators[0] @ x - self.conditional_mean_map @ yv
         return float(
@@ -243,15 +296,19 @@ class LQProblem:
     def optimal_gains(self) -> tuple[np.ndarray, np.ndarray]:
         """(F*, G*), float64 ``[K, d, d]`` each: u*_k = F*_k x + G*_k y (y = m ⊙ x0, full image).
 
-        F*_k = −(2/β) Φ_{K,k+1}ᵀ M_k⁻¹ Φ_{K,k}, G*_k = (2/β) Φ_{K,k+1}ᵀ M_k⁻¹ L.
+        F*_k = −(2/β) Φ_{K,k+1}ᵀ M_k⁻¹ Φ_{K,k}, G*_k = (2/β) Φ_{K,k+1}ᵀ M_k⁻¹ L; in general
+        (Ψ with weight Q and target t = T y, per-step β_k, :mod:`aid_jax.aid.lq_objectives`)
+        F*_k = −(2/β_k) Φ_{K,k+1}ᵀ Q M_k⁻¹ Φ_{K,k}, G*_k = (2/β_k) Φ_{K,k+1}ᵀ Q M_k⁻¹ T.
         """
         phi = self.propagators
-        lmap = self.conditional_mean_map
+        tmap = self.terminal_target_map
+        q = self.terminal_weight
+        betas = self.betas
         fs, gs = [], []
         for k in range(self.num_steps):
-            w = (2.0 / self.beta) * np.linalg.solve(self._m_matrix(k), phi[k + 1]).T
+            w = (2.0 / betas[k]) * phi[k + 1].T @ q @ np.linalg.inv(self._m_matrix(k))
             fs.append(-w @ phi[k])
-            gs.append(w @ lmap)
+            gs.append(w @ tmap)
         return np.stack(fs), np.stack(gs)
 
     def unguided_cost(self) -> float:
@@ -286,18 +343,21 @@ class LQProblem:
         cov = np.block([[self.sigmas[0] ** 2 * eye, zero], [zero, self.world.cov]])
         mean = np.zeros(2 * d)
         running = 0.0
+        betas = self.betas
         for k in range(k_steps):
             t = np.concatenate([f[k], g[k] * self.mask[None, :]], axis=1)  # [d, 2d]
             mu_u = t @ mean + h[k]
-            running += 0.5 * self.beta * self.dr * (np.trace(t @ cov @ t.T) + mu_u @ mu_u) / d
+            running += 0.5 * betas[k] * self.dr * (np.trace(t @ cov @ t.T) + mu_u @ mu_u) / d
             step = np.block(
                 [[self.transitions[k] + self.dr * f[k], self.dr * t[:, d:]], [zero, eye]]
             )
             cov = step @ cov @ step.T
             mean = step @ mean + np.concatenate([self.dr * h[k], np.zeros(d)])
+        # Ψ = (x_K − x0)ᵀQ(x_K − x0)/d (for 'observed', y = m ⊙ x0 on the known pixels).
         e = np.concatenate([eye, -eye], axis=1)
         me = e @ mean
-        terminal = (np.trace(e @ cov @ e.T) + me @ me) / d
+        q = self.terminal_weight
+        terminal = (np.trace(q @ e @ cov @ e.T) + me @ q @ me) / d
         return float(running + terminal)
 
     def gap_closed(self, cost: float) -> float:
@@ -314,11 +374,12 @@ class LQProblem:
         Cov_0 = σ_0² I, Cov_{k+1} = A_k Cov_k A_kᵀ + Δr² s² I; float64 ``[K, d, d]``.
         """
         d = self.dim
-        q = (self.dr * self.policy_std) ** 2 * np.eye(d)
+        stds = self.policy_stds
         cov = self.sigmas[0] ** 2 * np.eye(d)
         out = []
         for k in range(self.num_steps):
             out.append(cov)
+            q = (self.dr * stds[k]) ** 2 * np.eye(d)
             cov = self.transitions[k] @ cov @ self.transitions[k].T + q
         return np.stack(out)
 
@@ -441,8 +502,9 @@ def optimal_actor_params(problem: LQProblem, features: str = "xy") -> dict[str, 
     f_star, g_star = problem.optimal_gains()
     wx, wy = problem.feature_maps(features)
     obs = problem.observed
-    f = np.stack([f_star[k] @ np.linalg.inv(wx[k]) for k in range(problem.num_steps)])
-    g = np.stack([g_star[k][:, obs] @ np.linalg.inv(wy) for k in range(problem.num_steps)])
+    inv = 1.0 / _output_scale(problem)
+    f = np.stack([inv[k] * f_star[k] @ np.linalg.inv(wx[k]) for k in range(problem.num_steps)])
+    g = np.stack([inv[k] * g_star[k][:, obs] @ np.linalg.inv(wy) for k in range(problem.num_steps)])
     return {"F": jnp.asarray(f, jnp.float32), "G": jnp.asarray(g, jnp.float32)}
 
 
@@ -504,7 +566,8 @@ def monte_carlo_cost(
     sigmas = jnp.asarray(problem.sigmas, jnp.float32)
     factor = jnp.asarray(problem.sample_factor(), jnp.float32)
     m = jnp.asarray(problem.mask.reshape(shape), jnp.float32)
-    d, k_steps, beta = problem.dim, problem.num_steps, problem.beta
+    d, k_steps = problem.dim, problem.num_steps
+    beta = problem.beta if problem.uniform else jnp.asarray(problem.betas, jnp.float32)
 
     @jax.jit
     def chunk(key):
@@ -533,6 +596,8 @@ def monte_carlo_cost(
         running = jnp.zeros((batch,), jnp.float32)
         for cost in losses.running_cost(controls, beta, batch_axes=2) / k_steps:
             running = running + cost  # Σ_k ℓ(u_k)Δr in step order
+        if problem.terminal == "observed":
+            return running + losses.observed_cost(x_k, y, m)
         return running + losses.terminal_cost(x_k, x0)
 
     costs = []
@@ -680,12 +745,21 @@ def _decay(config: LQTrainConfig) -> Callable[[jax.Array], jax.Array]:
     return lambda i: jnp.asarray(sched(jnp.maximum(i, 0).astype(jnp.float32)), jnp.float32)
 
 
+def _output_scale(problem: LQProblem) -> np.ndarray:
+    """Per-step scale of the actor's output: 1 for the uniform running cost; the policy std s_k
+    for a per-step one, whose allowed control spans orders of magnitude over the steps (with
+    β_k = β/σ_k², s_k ∝ σ_k: a shared Adam step would be far too large at low σ)."""
+    return np.ones(problem.num_steps) if problem.uniform else problem.policy_stds
+
+
 def make_actor_fn(problem: LQProblem, features: str):
-    """``fn(params, k, x, y) -> μ`` with the feature constants closed over (jit-friendly)."""
+    """``fn(params, k, x, y) -> μ`` with the feature constants closed over (jit-friendly); the
+    output in units of :func:`_output_scale`."""
     consts = _constants(problem, features)
+    scale = jnp.asarray(_output_scale(problem), jnp.float32)
 
     def fn(params, k, x, y):
-        return actor_mean(params, consts, k, x, y)
+        return scale[k] * actor_mean(params, consts, k, x, y)
 
     return fn
 
@@ -724,8 +798,10 @@ def train(
     sigmas = jnp.asarray(problem.sigmas, jnp.float32)
     factor = jnp.asarray(problem.sample_factor(), jnp.float32)
     mask = jnp.asarray(problem.mask.reshape(shape), jnp.float32)
-    s = problem.policy_std
-    lam, beta = problem.lam, problem.beta
+    per_step = not problem.uniform
+    s = jnp.asarray(problem.policy_stds, jnp.float32) if per_step else problem.policy_std
+    lam = problem.lam
+    beta = jnp.asarray(problem.betas, jnp.float32) if per_step else problem.beta
     actor_fn = make_actor_fn(problem, cfg.features)
     critic_fn = make_critic_fn(problem, cfg.features, cfg.critic_center, cfg.critic_x0)
     hi = jax.lax.Precision.HIGHEST
@@ -768,6 +844,8 @@ def train(
             return lambda k, r, sigma, x: critic_fn(params, k, x, cond)
 
         def terminal(x):
+            if problem.terminal == "observed":
+                return losses.observed_cost(x, y, mask)
             return losses.terminal_cost(x, x0)
 
         ro = control.rollout(
@@ -778,6 +856,7 @@ def train(
             k_pol,
             policy_std=s,
             antithetic=cfg.antithetic,
+            per_step=per_step,
         )
         term = terminal(ro.xs[-1])
 
