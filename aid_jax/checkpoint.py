@@ -79,6 +79,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
     return step, restored["state"], restored["meta"]
 
 
+def restore_step_state(directory, step: int):
+    """The ``state`` item of training checkpoint ``step`` in ``directory`` (a ``checkpoints/``
+    folder), as stored (NumPy arrays, no target structure needed): how a trained module is read
+    from a workdir without rebuilding its optimiser."""
+    directory = pathlib.Path(directory).absolute()
+    with ocp.CheckpointManager(directory) as manager:
+        restored = manager.restore(
+            int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+    return jax.tree.map(np.asarray, restored["state"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Resuming: a workdir's checkpoints may only continue the run that made them.
 

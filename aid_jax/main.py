@@ -58,6 +58,22 @@ def _aid(config, workdir: str) -> None:
     evaluate.run(evaluate.evaluation_config(config, workdir), f"{workdir}/eval")
 
 
+def _train_deft(config, workdir: str) -> None:
+    """DEFT: train the h-network (resuming if the workdir has a checkpoint)."""
+    from aid_jax.deft import train as deft_train
+
+    deft_train.train(config, workdir)
+
+
+def _deft(config, workdir: str) -> None:
+    """DEFT: train, then evaluate the h-network against the baselines into <workdir>/eval."""
+    from aid_jax import evaluate
+    from aid_jax.deft import train as deft_train
+
+    _train_deft(config, workdir)
+    evaluate.run(deft_train.evaluation_config(config, workdir), f"{workdir}/eval")
+
+
 RUNNERS = {
     "sample": _sample,
     "pretrain": _pretrain,
@@ -66,6 +82,8 @@ RUNNERS = {
     "tune": _tune,
     "train_aid": _train_aid,
     "aid": _aid,
+    "train_deft": _train_deft,
+    "deft": _deft,
 }
 MODES = tuple(RUNNERS)
 

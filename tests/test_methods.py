@@ -53,7 +53,8 @@ def _batch(b: int = 2, channels: int = 1):
 
 
 def test_one_registry_every_method_has_run_or_build_cost_and_defaults():
-    assert list(methods.REGISTRY) == [*baselines.METHODS, "aid"]  # nine zero-shot, then AID
+    # Nine zero-shot methods, then the two that bring trained parameters: AID and DEFT.
+    assert list(methods.REGISTRY) == [*baselines.METHODS, "aid", "deft"]
     for name, m in methods.REGISTRY.items():
         assert m.name == name and callable(m.cost) and "num_steps" in m.options
         assert (m.run is None) != (m.build is None), name  # exactly one way to build it

@@ -9,7 +9,8 @@
 
 Method files: ``unguided``, ``replacement``, ``repaint``, ``dps``, ``pigdm``, ``ddrm``, ``ddnm``,
 ``ddnm_plus`` (zero-shot, pure functions of a ``denoise(x, sigma)`` closure), ``vipaint`` (a
-per-image fit, ``aid_jax.vipaint``) and ``aid`` (a trained guidance module, ``aid_jax.aid``).
+per-image fit, ``aid_jax.vipaint``), ``aid`` (a trained guidance module, ``aid_jax.aid``) and
+``deft`` (a trained h-transform network, ``aid_jax.deft``).
 The registry is imported on first use: the contract alone stays light (``aid_jax.aid`` and
 ``aid_jax.vipaint`` import it).
 """

@@ -35,6 +35,7 @@ from aid_jax.methods import (
     ddnm,
     ddnm_plus,
     ddrm,
+    deft,
     dps,
     pigdm,
     repaint,
@@ -126,6 +127,7 @@ REGISTRY: Mapping[str, Method] = MappingProxyType(
             _zero_shot(ddnm_plus),
             _zero_shot(vipaint, samples_option="samples_per_fit"),
             Method("aid", MappingProxyType(aid.OPTIONS), aid.cost, build=aid.build),
+            Method("deft", MappingProxyType(deft.OPTIONS), deft.cost, build=deft.build),
         )
     }
 )
