@@ -65,14 +65,11 @@ def get_config(arg=None):
         config.eval.update(num_images=8, batch_size=8, masks="center_box,half", bootstrap=100)
         config.metrics.lpips = ""
         config.tune.update(
-            methods="replacement,ddnm,repaint",
-            budgets=(3, 5),
+            methods="replacement,ddnm",
+            budgets=(3,),
             metric="psnr_hole",
             write="",
             max_extend=1,
         )
-        config.tune.space.repaint.candidates = (
-            dict(jump_length=1, jump_n_sample=1),
-            dict(jump_length=2, jump_n_sample=2),
-        )
+        config.tune.space.ddnm.eta = (0.5, 1.0)  # two candidates; a choice at 0.5 is extended
     return config

@@ -120,6 +120,43 @@ def load_actor(path) -> tuple[dict, dict]:
     return actor, dict(manifest, step=steps[-1])
 
 
+def resolve_backbone(path, recorded: dict, backbone, error: type[Exception], what: str, call: str):
+    """The ``Backbone`` a trained module (AID's actor, DEFT's h-network) runs on: ``backbone``
+    (a ``Backbone`` or a path) when given, else the one recorded in its manifest (found from any
+    working directory, :func:`find_recorded_backbone`); its ``params_sha256`` must equal the
+    recorded one. ``error`` is raised naming ``what`` (the module) and ``call`` (where to pass
+    backbone=)."""
+    if backbone is None:
+        if not (recorded.get("path") or recorded.get("random")):
+            raise error(
+                f"{path}: no backbone recorded; pass backbone= (a ported folder, an NVIDIA pickle "
+                f"or a Backbone) to {call}"
+            )
+        if recorded.get("path"):
+            found = find_recorded_backbone(recorded, pathlib.Path(path))
+            if found is None:
+                tried = ", ".join(
+                    str(c) for c in _backbone_candidates(recorded, pathlib.Path(path))
+                )
+                raise error(
+                    f"{path}: the backbone this {what} was trained with ({recorded['path']}) was "
+                    f"not found (tried {tried}); pass backbone= to {call} (a ported folder, an "
+                    "NVIDIA pickle or a Backbone with the same params_sha256)"
+                )
+            recorded = dict(recorded, path=str(found))
+        backbone = backbones.backbone_from_config(recorded)
+    elif not isinstance(backbone, backbones.Backbone):
+        backbone = backbones.load_backbone(backbone)
+    want = recorded.get("params_sha256", "")
+    if want and backbone.params_sha256 != want:
+        raise error(
+            f"this {what} was trained against backbone params_sha256 {want[:12]}… "
+            f"({recorded.get('path')}), but the given backbone has "
+            f"{backbone.params_sha256[:12]}…: pass that backbone as {call}(..., backbone=)"
+        )
+    return backbone
+
+
 def load(path, *, backbone=None) -> model.AIDParams:
     """The :class:`AIDParams` of ``aid_jax.inpaint`` from a workdir or an export.
 
@@ -130,36 +167,15 @@ def load(path, *, backbone=None) -> model.AIDParams:
     """
     actor, manifest = load_actor(path)
     cfg = model.AIDConfig.from_dict(manifest["aid_config"])
-    recorded = manifest.get("backbone", {})
-    if backbone is None:
-        if not (recorded.get("path") or recorded.get("random")):
-            raise model.AIDError(
-                f"{path}: no backbone recorded; pass backbone= (a ported folder, an NVIDIA pickle "
-                "or a Backbone) to aid_jax.load"
-            )
-        if recorded.get("path"):
-            found = find_recorded_backbone(recorded, pathlib.Path(path))
-            if found is None:
-                tried = ", ".join(
-                    str(c) for c in _backbone_candidates(recorded, pathlib.Path(path))
-                )
-                raise model.AIDError(
-                    f"{path}: the backbone this module was trained with ({recorded['path']}) was "
-                    f"not found (tried {tried}); pass backbone= to aid_jax.load (a ported folder, "
-                    "an NVIDIA pickle or a Backbone with the same params_sha256)"
-                )
-            recorded = dict(recorded, path=str(found))
-        backbone = backbones.backbone_from_config(recorded)
-    elif not isinstance(backbone, backbones.Backbone):
-        backbone = backbones.load_backbone(backbone)
+    backbone = resolve_backbone(
+        path,
+        manifest.get("backbone", {}),
+        backbone,
+        model.AIDError,
+        "guidance module",
+        "aid_jax.load",
+    )
     sha = backbone.params_sha256
-    want = recorded.get("params_sha256", "")
-    if want and sha != want:
-        raise model.AIDError(
-            f"this guidance module was trained against backbone params_sha256 {want[:12]}… "
-            f"({recorded.get('path')}), but the given backbone has {sha[:12]}…: pass that "
-            "backbone as aid_jax.load(..., backbone=)"
-        )
     params = model.AIDParams(
         backbone=backbone.params,
         actor=actor,

@@ -304,7 +304,8 @@ def make_validate(cfg: model.AIDConfig, backbone_config, backbone_sha256: str):
     return validate
 
 
-def _validation_set(config, image_shape, specs):
+def validation_set(config, image_shape, specs):
+    """The fixed validation batch (x0, masks) of a guidance-module run (AID, DEFT)."""
     source = sources.make_source(config.eval_data)
     n = int(config.train.val_images)
     # The held-out validation block of the evaluation split: never a test image.
@@ -354,7 +355,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
 
     # ------------------------------------------------------------------ validation hooks
     validate = make_validate(cfg, backbone.config, sha)
-    val_x0, val_mask = _validation_set(config, shape, specs)
+    val_x0, val_mask = validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
     summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None)

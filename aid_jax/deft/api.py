@@ -16,8 +16,13 @@ import pathlib
 import jax
 import numpy as np
 
-from aid_jax import backbones, checkpoint
-from aid_jax.aid.api import anchor_backbone_path, backbone_record, find_recorded_backbone
+from aid_jax import checkpoint
+from aid_jax.aid.api import (
+    anchor_backbone_path,
+    backbone_record,
+    find_recorded_backbone,
+    resolve_backbone,
+)
 from aid_jax.deft import model
 
 __all__ = [
@@ -103,33 +108,15 @@ def load(path, *, backbone=None) -> model.DEFTParams:
     """
     hnet, manifest = load_hnet(path)
     cfg = model.DEFTConfig.from_dict(manifest["deft_config"])
-    recorded = manifest.get("backbone", {})
-    if backbone is None:
-        if not (recorded.get("path") or recorded.get("random")):
-            raise model.DEFTError(
-                f"{path}: no backbone recorded; pass backbone= (a ported folder, an NVIDIA pickle "
-                "or a Backbone)"
-            )
-        if recorded.get("path"):
-            found = find_recorded_backbone(recorded, pathlib.Path(path))
-            if found is None:
-                raise model.DEFTError(
-                    f"{path}: the backbone this h-network was trained with ({recorded['path']}) "
-                    "was not found; pass backbone= (a ported folder, an NVIDIA pickle or a "
-                    "Backbone with the same params_sha256)"
-                )
-            recorded = dict(recorded, path=str(found))
-        backbone = backbones.backbone_from_config(recorded)
-    elif not isinstance(backbone, backbones.Backbone):
-        backbone = backbones.load_backbone(backbone)
+    backbone = resolve_backbone(
+        path,
+        manifest.get("backbone", {}),
+        backbone,
+        model.DEFTError,
+        "DEFT h-network",
+        "aid_jax.deft.api.load",
+    )
     sha = backbone.params_sha256
-    want = recorded.get("params_sha256", "")
-    if want and sha != want:
-        raise model.DEFTError(
-            f"this DEFT h-network was trained against backbone params_sha256 {want[:12]}… "
-            f"({recorded.get('path')}), but the given backbone has {sha[:12]}…: pass that "
-            "backbone as backbone="
-        )
     params = model.DEFTParams(
         backbone=backbone.params,
         hnet=hnet,

@@ -31,8 +31,8 @@ import numpy as np
 import optax
 
 from aid_jax import backbones, checkpoint, images, sharding, train_loop
-from aid_jax.aid.train import mask_specs, masks_at
-from aid_jax.data import pipeline, sources
+from aid_jax.aid.train import mask_specs, masks_at, validation_set
+from aid_jax.data import sources
 from aid_jax.deft import api, losses, model
 
 __all__ = [
@@ -190,16 +190,6 @@ def make_validate(cfg: model.DEFTConfig, backbone_config, backbone_sha256: str):
     return validate
 
 
-def _validation_set(config, image_shape, specs):
-    source = sources.make_source(config.eval_data)
-    n = int(config.train.val_images)
-    # The held-out validation block of the evaluation split: never a test image.
-    idx = pipeline.eval_indices(len(source), n, int(config.seed), subset="validation")
-    x0 = pipeline.to_model_range(source.get(idx)[0])
-    m = masks_at(specs, n, image_shape[:2], int(config.seed), 0, stream=1)
-    return x0, m
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -233,7 +223,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         return (backbone_params, *train_loop.global_batch(mesh, x0, m), train_key)
 
     validate = make_validate(cfg, backbone.config, sha)
-    val_x0, val_mask = _validation_set(config, shape, specs)
+    val_x0, val_mask = validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
     summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None)
