@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import warnings
 
 import jax
 import numpy as np
@@ -65,18 +66,23 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, meta: dic
     manager.wait_until_finished()
 
 
+def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state):
+    """(step, state, meta) of checkpoint ``step``; Orbax's exception if it cannot be read."""
+    restored = manager.restore(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return int(step), restored["state"], restored["meta"]
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
     """(step, state, meta) of the newest checkpoint, or None when there is none."""
     step = manager.latest_step()
     if step is None:
         return None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-        ),
-    )
-    return step, restored["state"], restored["meta"]
+    return restore_step(manager, step, abstract_state)
 
 
 def restore_step_state(directory, step: int):
@@ -99,6 +105,17 @@ class ResumeError(ValueError):
     """The workdir holds a run made with another configuration."""
 
 
+class RestoreError(RuntimeError):
+    """No checkpoint of the workdir can be restored (each one's error is in the message)."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint that cannot be restored was moved aside and an older one used instead."""
+
+
+DAMAGED_SUFFIX = ".damaged"  # <checkpoints>/<step>.damaged: a checkpoint moved aside
+
+
 def config_fingerprint(config, keys) -> dict:
     """The values of the run-defining config entries ``keys`` (dotted names) as plain JSON."""
 
@@ -112,20 +129,80 @@ def config_fingerprint(config, keys) -> dict:
 
 
 def restore_run(manager: ocp.CheckpointManager, abstract_state, fingerprint: dict, workdir):
-    """(step, state, meta) of the newest checkpoint of this run, or None for a fresh workdir.
+    """(step, state, meta) of the newest restorable checkpoint of this run, or None for a fresh
+    workdir.
 
-    Raises ``ResumeError`` naming the differing entries if the checkpoint was made with another
-    configuration.
+    Checkpoints are tried newest first. One that fails to restore (a truncated data file, an
+    empty or missing ``_METADATA``, a missing ``state/``, a truncated meta JSON, ... — whatever
+    Orbax raises) is skipped; once an older one restores and its fingerprint matches, every
+    skipped one is moved aside to ``<step>.damaged`` (kept for inspection, ignored by the
+    manager) with a ``DamagedCheckpointWarning`` naming it and the steps whose progress is lost.
+
+    Raises:
+      ResumeError: the newest restorable checkpoint was made with another configuration (the
+        message names the differing entries); nothing is moved.
+      RestoreError: no checkpoint restores; the message lists each step's error; nothing is
+        moved.
     """
-    restored = restore_latest(manager, abstract_state)
-    if restored is None:
+    steps = sorted((int(s) for s in manager.all_steps()), reverse=True)
+    if not steps:
         return None
-    _, _, meta = restored
-    saved = meta.get("fingerprint", {})
+    failures: list[tuple[int, Exception]] = []
+    restored = None
+    for step in steps:
+        try:
+            restored = restore_step(manager, step, abstract_state)
+            if not isinstance(restored[2], dict):
+                raise ValueError(f"meta is not a JSON object: {restored[2]!r:.80}")
+            break
+        except Exception as e:  # Orbax raises many types for damaged folders
+            failures.append((step, e))
+            restored = None
+    directory = pathlib.Path(manager.directory)
+    if restored is None:
+        listing = "; ".join(f"step {s}: {_short(e)}" for s, e in failures)
+        raise RestoreError(
+            f"no checkpoint in {directory} can be restored ({listing}). Nothing was moved. To "
+            f"start afresh, move {directory} aside (or use a new --workdir)."
+        )
+    saved = restored[2].get("fingerprint", {})
     if saved != fingerprint:
         diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
         raise ResumeError(
             f"{workdir} holds a run made with a different configuration (differs in {diff}). "
             "Use a new --workdir, or the original config, to resume."
         )
+    if failures:
+        good, newest = restored[0], failures[0][0]
+        for step, error in failures:
+            aside = _move_aside(directory / str(step))
+            warnings.warn(
+                f"checkpoint {directory / str(step)} cannot be restored ({_short(error)}); moved "
+                f"aside to {aside}. Resuming from step {good}: the progress of steps "
+                f"{good + 1}..{newest} is lost and will be recomputed.",
+                DamagedCheckpointWarning,
+                stacklevel=2,
+            )
+        manager.reload()  # forget the moved folders
     return restored
+
+
+def _short(error: Exception, limit: int = 300) -> str:
+    """``Type: first line of the message`` (Orbax/TensorStore messages run long)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _move_aside(step_dir: pathlib.Path) -> pathlib.Path:
+    """Rename ``<step>`` to ``<step>.damaged`` (``.damaged.1``, ... if taken); returns the new
+    path (the old one if it has gone)."""
+    target = step_dir.with_name(step_dir.name + DAMAGED_SUFFIX)
+    i = 0
+    while target.exists():
+        i += 1
+        target = step_dir.with_name(f"{step_dir.name}{DAMAGED_SUFFIX}.{i}")
+    if not step_dir.exists():
+        return step_dir
+    step_dir.rename(target)
+    return target

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import os
 import pathlib
 import sys
@@ -66,6 +67,8 @@ GREY_BAND = (0.1 * 255, 0.9 * 255)
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PROG = "python -m aid_jax.inpaint"
+# The methods that run a trained guidance module (--method NAME --NAME PATH) -> their model.
+MODULE_METHODS = {"aid": "aid_jax.aid.model", "deft": "aid_jax.deft.model"}
 
 
 class InputError(ValueError):
@@ -311,15 +314,16 @@ def _prepare(
 
 @dataclasses.dataclass
 class _Model:
-    """What runs: a backbone (params, config) and a method, or a trained AID module."""
+    """What runs: a backbone (params, config) and a method, or a trained guidance module (AID,
+    DEFT) on its backbone."""
 
     method: str
     steps: int
     image_shape: tuple[int, int, int]
     label_dim: int
     backbone_name: str
-    params: object  # backbone params, or AIDParams for 'aid'
-    config: object  # backbone config (None for 'aid')
+    params: object  # backbone params, or the module's bundle (AIDParams, DEFTParams)
+    config: object  # backbone config (None for a module)
     nfe: int  # denoiser evaluations per sample, forward
     nfe_backward: int = 0  # and backward (vector-Jacobian products)
 
@@ -349,7 +353,7 @@ def _load_backbone(backbone):
     return backbones.load_backbone(path), str(path)
 
 
-def _load_model(method: str, backbone, aid, steps, num_samples: int) -> _Model:
+def _load_model(method: str, backbone, aid, steps, num_samples: int, deft=None) -> _Model:
     from aid_jax import methods
 
     names = tuple(methods.REGISTRY)
@@ -357,33 +361,14 @@ def _load_model(method: str, backbone, aid, steps, num_samples: int) -> _Model:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(names)}")
     if steps is not None:
         steps = _check_int("steps", steps, 1)
-    if method == "aid":
-        if aid is None:
-            raise InputError("--method aid needs --aid PATH (Python: aid=), a trained AID module")
-        from aid_jax.aid import api, model
-
-        if isinstance(aid, model.AIDParams):
-            params = aid
-        else:
-            aid_path = resolve_path(aid)
-            if not aid_path.is_dir():
-                raise InputError(
-                    f"AID module {str(aid_path)!r}: no such folder; give an AID training workdir "
-                    "or an exported module (aid_config.json inside)"
-                )
-            if backbone is not None:
-                backbone, _ = _load_backbone(backbone)
-            params = api.load(aid_path, backbone=backbone)
-        cfg = params.backbone_config
-        k = params.config.num_steps if steps is None else steps
-        name = (
-            f"of the AID module {aid}"
-            if not isinstance(aid, model.AIDParams)
-            else "of the given AIDParams"
-        )
-        return _Model("aid", k, params.config.image_shape, cfg.label_dim, name, params, None, k)
-    if aid is not None:
-        raise InputError(f"--aid is only used with --method aid, not with --method {method}")
+    modules = {"aid": aid, "deft": deft}  # MODULE_METHODS: --method NAME takes --NAME PATH
+    for option, value in modules.items():
+        if value is not None and method != option:
+            raise InputError(
+                f"--{option} is only used with --method {option}, not with --method {method}"
+            )
+    if method in modules:
+        return _load_module(method, modules[method], backbone, steps)
     bb, name = _load_backbone(backbone)
     if steps is None:
         steps = (
@@ -403,6 +388,42 @@ def _load_model(method: str, backbone, aid, steps, num_samples: int) -> _Model:
         nfe,
         nfe_backward,
     )
+
+
+def _load_module(method: str, module, backbone, steps: int | None) -> _Model:
+    """A trained guidance module (``--method aid --aid PATH``, ``--method deft --deft PATH``):
+    its bundle on the backbone it records (or on ``backbone``, which must be that one), run for
+    ``steps`` steps (default: the module's training step count)."""
+    from aid_jax import guidance_module, methods
+
+    kind = guidance_module.get_kind(method)
+    title, bundle = kind.title, kind.bundle.__name__
+    article = "an" if title[0] in "AEIOU" else "a"
+    if module is None:
+        raise InputError(
+            f"--method {method} needs --{method} PATH (Python: {method}=), a trained {title} module"
+        )
+    if isinstance(module, kind.bundle):
+        params, name = module, f"of the given {bundle}"
+    elif isinstance(module, str | os.PathLike):
+        path = resolve_path(module)
+        if not path.is_dir():
+            raise InputError(
+                f"{title} module {str(path)!r}: no such folder; give {article} {title} training "
+                f"workdir or an exported module ({kind.state_file} inside)"
+            )
+        if backbone is not None:
+            backbone, _ = _load_backbone(backbone)
+        params, name = kind.load(path, backbone=backbone), f"of the {title} module {module}"
+    else:
+        raise InputError(
+            f"--{method} (Python: {method}=) must be a path or {article} {bundle}; got "
+            f"{type(module).__name__}"
+        )
+    k = params.config.num_steps if steps is None else steps
+    nfe, nfe_backward = methods.method_cost(method, checkpoint=params, num_steps=k)
+    shape = tuple(params.config.image_shape)
+    return _Model(method, k, shape, params.label_dim, name, params, None, nfe, nfe_backward)
 
 
 def _options(method: str, steps: int, num_samples: int) -> dict:
@@ -505,17 +526,17 @@ def _run(
 
 def _batch_runner(model: _Model, num_samples: int):
     """(y, mask, key, labels) -> raw samples as a NumPy array."""
-    if model.method == "aid":
-        from aid_jax.aid import model as aid_model
+    if model.method in MODULE_METHODS:  # the module's own inpaint (aid_jax.inpaint for aid)
+        inpaint = importlib.import_module(MODULE_METHODS[model.method]).inpaint
 
-        def run_aid(y, mask, key, rows):
+        def run_module(y, mask, key, rows):
             extra = {} if rows is None else {"labels": rows}
-            res = aid_model.inpaint(
+            res = inpaint(
                 model.params, y, mask, key=key, num_steps=model.steps, paste_back=False, **extra
             )
             return np.asarray(res.x)
 
-        return run_aid
+        return run_module
     options = _options(model.method, model.steps, num_samples)
     fn = _inpainter(model.method, model.config, tuple(sorted(options.items())))
 
@@ -559,6 +580,7 @@ def inpaint_images(
     method: str = DEFAULT_METHOD,
     backbone=None,
     aid=None,
+    deft=None,
     steps: int | None = None,
     seed: int = 0,
     num_samples: int = 1,
@@ -582,14 +604,16 @@ def inpaint_images(
             white: anti-aliased edges, not a photo), and have both a hole and a known pixel.
         method: ``'ddnm'`` (default, 20 steps: the best method the project ships today at low
             NFE, docs/RESULTS.md), any other name of ``aid_jax.methods.REGISTRY``
-            (``'aid'`` needs ``aid``).
+            (``'aid'`` needs ``aid``, ``'deft'`` needs ``deft``).
         backbone: A ported folder, an NVIDIA pickle or a ``Backbone``; default
             ``ported_weights/fashion_mnist_32`` (relative paths that do not exist from the
-            working directory are looked up in the project's root). With ``method='aid'`` the
-            default is the backbone the module records.
+            working directory are looked up in the project's root). With ``method='aid'`` or
+            ``'deft'`` the default is the backbone the module records.
         aid: A trained AID module (workdir or export folder, or ``AIDParams``), for ``'aid'``.
+        deft: A trained DEFT h-network (workdir or export folder, or ``DEFTParams``), for
+            ``'deft'``.
         steps: Sampler steps (default: 20 for ddnm, the method's default otherwise, the module's
-            training step count for aid).
+            training step count for aid and deft).
         seed: Seed of the noise. Batch k's noise is ``fold_in(key(seed), k)``: the same seed,
             images (in order) and ``batch_size`` give the same outputs.
         num_samples: Samples per image.
@@ -633,7 +657,7 @@ def inpaint_images(
         (*_named(img, f"image {i}", "image"), *_named(mask, f"mask {i}", "mask"))
         for i, (img, mask) in enumerate(zip(image_list, mask_list, strict=True))
     ]
-    model = _load_model(method, backbone, aid, steps, num_samples)
+    model = _load_model(method, backbone, aid, steps, num_samples, deft)
     prepared = _prepare(
         pairs, model.image_shape, threshold=threshold, convention=mask_convention, resize=resize
     )
@@ -739,7 +763,8 @@ def _parser():
         choices=names,
         default=DEFAULT_METHOD,
         help=f"inpainting method (default: {DEFAULT_METHOD} with {DEFAULT_STEPS} steps, the best "
-        "method the project ships today at low NFE, docs/RESULTS.md; aid needs --aid)",
+        "method the project ships today at low NFE, docs/RESULTS.md; aid needs --aid, deft "
+        "needs --deft)",
     )
     m.add_argument(
         "--steps",
@@ -747,17 +772,23 @@ def _parser():
         metavar="N",
         default=None,
         help=f"sampler steps (default: {DEFAULT_STEPS} for {DEFAULT_METHOD}, the method's own "
-        "default otherwise, the module's training step count for aid)",
+        "default otherwise, the module's training step count for aid and deft)",
     )
     m.add_argument(
         "--backbone",
         default=None,
         metavar="PATH",
         help=f"ported backbone folder or NVIDIA .pkl (default: {DEFAULT_BACKBONE}, found from any "
-        "working directory; for --method aid: the backbone the module records)",
+        "working directory; for --method aid / deft: the backbone the module records)",
     )
     m.add_argument(
         "--aid", default=None, metavar="PATH", help="trained AID module (workdir or export folder)"
+    )
+    m.add_argument(
+        "--deft",
+        default=None,
+        metavar="PATH",
+        help="trained DEFT h-network (workdir or export folder)",
     )
     m.add_argument(
         "--labels",
@@ -903,6 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.aid,
             args.steps,
             args.num_samples,
+            args.deft,
         )
         prepared = _prepare(
             opened,
@@ -933,7 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:  # InputError, BackboneError, AIDError, file errors
+    except (ValueError, OSError) as e:  # InputError, BackboneError, AIDError, DEFTError, files
         message = " ".join(str(e).split())
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1

@@ -86,15 +86,29 @@ RUNNERS = {
     "deft": _deft,
 }
 MODES = tuple(RUNNERS)
+# Modes that train in the workdir: it is checked (writable) and locked (one writer,
+# train_loop.workdir_lock) before their set-up (backbone, data) starts.
+TRAINING_MODES = ("pretrain", "train_aid", "aid", "train_deft", "deft")
+
+
+def run_mode(config, workdir: str) -> None:
+    """Run ``config.mode`` in ``workdir`` (a training mode holds the workdir's lock)."""
+    if config.mode not in RUNNERS:
+        raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
+    if config.mode not in TRAINING_MODES:
+        RUNNERS[config.mode](config, workdir)
+        return
+    from aid_jax import train_loop
+
+    with train_loop.workdir_lock(workdir):
+        RUNNERS[config.mode](config, workdir)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
     config = _CONFIG.value
-    if config.mode not in RUNNERS:
-        raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
-    RUNNERS[config.mode](config, _WORKDIR.value or config.workdir)
+    run_mode(config, _WORKDIR.value or config.workdir)
 
 
 if __name__ == "__main__":

@@ -175,11 +175,13 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Train (or resume) in `workdir`; returns the final state and a summary."""
-    trainer = make_trainer(config, sharding.make_mesh())
-    # Resume order: this workdir's newest checkpoint > train.resume_from (a saved step folder,
-    # e.g. the training state shipped next to the exported backbone) > from scratch.
-    _seed_workdir(pathlib.Path(workdir), config.train.get("resume_from", ""))
-    return train_loop.run(trainer, workdir)
+    # The workdir is checked (writable) and locked (one writer) before any set-up.
+    with train_loop.workdir_lock(workdir):
+        trainer = make_trainer(config, sharding.make_mesh())
+        # Resume order: this workdir's newest checkpoint > train.resume_from (a saved step
+        # folder, e.g. the training state shipped next to the exported backbone) > from scratch.
+        _seed_workdir(pathlib.Path(workdir), config.train.get("resume_from", ""))
+        return train_loop.run(trainer, workdir)
 
 
 def _seed_workdir(workdir: pathlib.Path, resume_from: str) -> None:

@@ -15,16 +15,34 @@ The inputs of step s (batch, masks, PRNG key) are pure functions of (seed, s), s
 any moment resumes from its last checkpoint and continues exactly as an uninterrupted run would.
 Checkpoints are ``<workdir>/checkpoints/<step>/{state, meta}`` through aid_jax.checkpoint (the
 only Orbax module); ``meta`` holds the fingerprint of the config entries ``run_defining``, so a
-workdir only continues the run that made it.
+workdir only continues the run that made it. A checkpoint that fails to restore is moved aside
+(``<step>.damaged``) with a warning naming it and the steps lost, and the previous one is used
+(``checkpoint.restore_run``).
+
+One writer per workdir (:func:`workdir_lock`, taken by ``run`` and, before any set-up, by the
+command line's training modes and ``pretrain``): the workdir must be writable (a real write
+probe, :func:`check_workdir`) and ``<workdir>/.lock`` (JSON: pid, host, start time) is created
+with ``O_CREAT | O_EXCL`` and removed at exit (also on SIGTERM, Ctrl-C or an exception). A lock
+held by a live process, or by another host, refuses the run with a ``WorkdirError`` naming its
+owner; a stale one (this host, pid gone) is taken over with a warning. Override for a lock known
+to be stale (e.g. left on another host or container): ``AID_JAX_BREAK_LOCK=1``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import json
+import os
 import pathlib
 import signal
+import socket
+import sys
+import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,14 +83,22 @@ class Trainer:
 
 
 def run(trainer: Trainer, workdir: str | pathlib.Path) -> dict:
-    """Train (or resume) ``trainer`` in ``workdir``.
+    """Train (or resume) ``trainer`` in ``workdir`` (holding its lock, :func:`workdir_lock`).
 
     Returns:
       {"state", "step", "workdir", "train_step" (the jitted step, e.g. for trace counts)} plus
       ``trainer.summary``.
+
+    Raises:
+      WorkdirError: the workdir is not writable, or another process writes to it.
+      checkpoint.ResumeError: the workdir holds a run of another configuration.
+      checkpoint.RestoreError: none of the workdir's checkpoints can be restored.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir) as path:
+        return _run(trainer, path)
+
+
+def _run(trainer: Trainer, workdir: pathlib.Path) -> dict:
     config, t = trainer.config, trainer.config.train
 
     # ------------------------------------------------------------------ state and update step
@@ -168,6 +194,153 @@ def run(trainer: Trainer, workdir: str | pathlib.Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# The workdir: writable, and one writer at a time
+
+LOCK_FILE = ".lock"
+BREAK_LOCK_ENV = "AID_JAX_BREAK_LOCK"  # "1": take over any lock (one known to be stale)
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used: not writable, or locked by another writer."""
+
+
+class StaleLockWarning(UserWarning):
+    """A workdir lock whose owner is gone (or overridden) was taken over."""
+
+
+_HELD: dict[pathlib.Path, dict] = {}  # workdirs this process has locked -> lock record
+
+
+def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """``workdir`` as a Path, created if needed, after a real write probe (``os.access`` is not
+    enough: root passes it, read-only mounts and full disks do not show in it).
+
+    Raises:
+      WorkdirError: it cannot be created or written to.
+    """
+    path = pathlib.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise WorkdirError(
+            f"workdir {path} is not writable ({type(e).__name__}: {e.strerror or e}); give a "
+            "writable --workdir"
+        ) from e
+    return path
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike):
+    """Hold ``<workdir>/.lock`` for the block (re-entrant in one process); yields the workdir.
+
+    First :func:`check_workdir`; then the lock (JSON: pid, host, start) is created atomically
+    (``O_CREAT | O_EXCL``) and removed when the block ends, by an exception, Ctrl-C or SIGTERM
+    (outside ``run``'s loop, which handles SIGTERM itself, SIGTERM then raises ``SystemExit``).
+    A lock of a live process or of another host raises ``WorkdirError`` naming its owner; a stale
+    one (this host, its pid gone) is taken over with a ``StaleLockWarning``; with the environment
+    variable ``AID_JAX_BREAK_LOCK=1`` any lock is. In a multi-process run only process 0 locks.
+    """
+    path = check_workdir(workdir)
+    key = path.resolve()
+    if key in _HELD or jax.process_index() != 0:  # nested, or not the lock-holding process
+        yield path
+        return
+    record = _acquire_lock(path)
+    _HELD[key] = record
+    old_handler = None
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        old_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield path
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        del _HELD[key]
+        if _read_lock(path / LOCK_FILE) == record:  # still ours (not broken by another run)
+            (path / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)  # unwinds, so the lock is released
+
+
+def _acquire_lock(workdir: pathlib.Path) -> dict:
+    lock = workdir / LOCK_FILE
+    record = dict(
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        start=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(lock)
+            stale = _stale(owner)
+            broken = os.environ.get(BREAK_LOCK_ENV, "") == "1"
+            if stale is None and not broken:
+                raise WorkdirError(
+                    f"{workdir} is in use by another run: {lock} is held by {_owner(owner)}. "
+                    "Two writers would corrupt its checkpoints and metrics; wait for it, stop "
+                    "it, or use another --workdir. If that run is gone (e.g. killed on another "
+                    f"host or container), set {BREAK_LOCK_ENV}=1 to take the lock over."
+                ) from None
+            why = stale or f"{BREAK_LOCK_ENV}=1"
+            warnings.warn(
+                f"taking over the lock {lock} of {_owner(owner)} ({why})",
+                StaleLockWarning,
+                stacklevel=4,
+            )
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+    raise WorkdirError(f"could not take the lock {lock}: other processes keep creating it")
+
+
+def _read_lock(lock: pathlib.Path) -> dict | None:
+    """The lock's record; None if it is missing or unreadable."""
+    try:
+        record = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _owner(record: dict | None) -> str:
+    if record is None:
+        return "an unknown owner (unreadable lock file)"
+    return f"pid {record.get('pid')} on host {record.get('host')} (since {record.get('start')})"
+
+
+def _stale(record: dict | None) -> str | None:
+    """Why the lock's owner is certainly gone, or None (alive, unknown or on another host)."""
+    if record is None or record.get("host") != socket.gethostname():
+        return None
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    if pid == os.getpid():  # ours; if not held by us, a former process with our pid (restart)
+        return (
+            None
+            if record in _HELD.values()
+            else "its pid is this process's, which does not hold it"
+        )
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"pid {pid} is not running"
+    except (PermissionError, OverflowError):
+        return None  # alive (another user's), or not a pid
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Helpers for the trainers' inputs and hooks
 
 
@@ -197,4 +370,16 @@ def save_grid(writer: MetricWriter, step: int, name: str, image: np.ndarray) -> 
     writer.write_images(step, {name: image})
 
 
-__all__ = ["Trainer", "global_batch", "host_images", "run", "save_grid"]
+__all__ = [
+    "BREAK_LOCK_ENV",
+    "LOCK_FILE",
+    "StaleLockWarning",
+    "Trainer",
+    "WorkdirError",
+    "check_workdir",
+    "global_batch",
+    "host_images",
+    "run",
+    "save_grid",
+    "workdir_lock",
+]

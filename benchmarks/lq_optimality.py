@@ -3,6 +3,11 @@
     python benchmarks/lq_optimality.py    # 8x8, top half, K = 10, LR + pathwise (about 12 min)
     python benchmarks/lq_optimality.py --paper --out benchmarks/results/lq_optimality_paper.json
     python benchmarks/lq_optimality.py --height 4 --width 4 --K 5 --iterations 2000
+    python benchmarks/lq_optimality.py --terminal observed --beta-weighting inv_sigma2 \
+        --beta 0.01 --lam 0.001 --features adaptive --iterations 10000 --actor lr   # issue 16
+    (the pathwise actor there: add --actor-lr 1e-3 --critic-warmup 500)
+    python benchmarks/lq_optimality.py --terminal teacher --beta-weighting inv_sigma2 \
+        --beta 0.01 --lam 0.001 --features adaptive --iterations 10000 --actor lr   # issue 16
 
 Gaussian data x0 ~ N(0, Σ) (squared-exponential covariance) on an H x W single-channel image, a
 fixed mask, the exact denoiser: the controlled Euler sampler is linear, so the optimal expected
@@ -12,7 +17,13 @@ and a per-step quadratic critic (function classes that contain the optimum) with
 rollout and losses of aid_jax.aid; J_AID is the exact cost of the learned deterministic guidance
 (closed form: the actor is linearised and its cost propagated in float64) and, as a check, a
 float32 Monte-Carlo average of the deployed sampler with its standard error. Figure of merit:
-gap closed = (J_0 − J_AID)/(J_0 − J*).
+gap closed = (J_0 − J_AID)/(J_0 − J*). With --mc-samples the closed-form J* is checked too, by a
+float64 Monte Carlo of the optimal feedback (aid_jax.aid.lq.monte_carlo_cost_f64).
+
+--terminal teacher: Ψ = ‖x_K − T‖²/d with T an exact posterior sample given y built from the
+rollout's start X_0 (Matheron's rule; the teacher of aid_jax.aid.lq_objectives). The actor sees
+(x, y) as always; the critic sees T (the problem is linear–quadratic in (x, T); the module doc of
+aid_jax.aid.lq says why).
 
 Every variance-reduction device is a switch (defaults: aid_jax.aid.lq.LQTrainConfig, reasons in
 docs/AID_DESIGN.md); --paper selects the paper's form (δ_k advantages, TD(0) critic trained with
@@ -62,6 +73,7 @@ def _config(args, actor: str) -> lq.LQTrainConfig:
         critic_warmup=args.critic_warmup,
         ema=args.ema,
         chunk=args.chunk,
+        refresh=args.refresh,
         seed=args.seed,
     )
     if args.paper:
@@ -70,7 +82,7 @@ def _config(args, actor: str) -> lq.LQTrainConfig:
     return lq.LQTrainConfig(**fields)
 
 
-def _options(config: lq.LQTrainConfig, paper: bool) -> str:
+def _options(config: lq.LQTrainConfig, paper: bool, teacher: bool = False) -> str:
     """A short description of the training options, for the table."""
     c = config
     parts = [
@@ -88,6 +100,12 @@ def _options(config: lq.LQTrainConfig, paper: bool) -> str:
         parts.append(f"{c.adv_norm} advantage normalisation")
     if c.critic_x0:
         parts.append("critic sees x0")
+    if teacher:
+        parts.append("critic sees T")
+    if c.features == "adaptive":
+        parts.append(f"refit every {c.refresh}")
+    if c.critic_steps > 1:
+        parts.append(f"{c.critic_steps} critic steps")
     if c.critic_warmup:
         parts.append(f"critic warm-up {c.critic_warmup}")
     if c.ema:
@@ -110,7 +128,8 @@ def main(argv=None):
         "--terminal",
         default="mse",
         choices=lq.LQ_TERMINALS,
-        help="Ψ: MSE to x0, or consistency on the observed pixels only (issue 16)",
+        help="Ψ: MSE to x0, consistency on the observed pixels only, or MSE to a teacher T "
+        "that is an exact posterior sample built from X_0 (issue 16)",
     )
     parser.add_argument(
         "--beta-weighting",
@@ -151,7 +170,15 @@ def main(argv=None):
     g.add_argument("--critic-warmup", type=int, default=DEFAULTS.critic_warmup)
     g.add_argument("--ema", type=float, default=DEFAULTS.ema)
     parser.add_argument("--chunk", type=int, default=DEFAULTS.chunk, help="iterations per jit call")
-    parser.add_argument("--mc-samples", type=int, default=65536, help="Monte-Carlo check (0: off)")
+    parser.add_argument(
+        "--refresh",
+        type=int,
+        default=DEFAULTS.refresh,
+        help="iterations between refits of the adaptive features",
+    )
+    parser.add_argument(
+        "--mc-samples", type=int, default=65536, help="Monte-Carlo checks of J* and J_AID (0: off)"
+    )
     parser.add_argument("--out", default="benchmarks/results/lq_optimality.json")
     args = parser.parse_args(argv)
     if args.dim is not None:
@@ -182,6 +209,18 @@ def main(argv=None):
         f"J_0 = {j0:.5f} (unguided)   J* = {js:.5f} (closed form)",
         flush=True,
     )
+    star_mc = {}
+    if args.mc_samples:
+        t0 = time.perf_counter()
+        j_mc, se = lq.monte_carlo_cost_f64(
+            problem, *problem.optimal_gains(), seed=args.seed + 54321, num_samples=args.mc_samples
+        )
+        star_mc = dict(J_star_mc=j_mc, J_star_mc_se=se)
+        print(
+            f"J* Monte Carlo (float64, optimal feedback, {args.mc_samples} samples) = "
+            f"{j_mc:.5f} ± {se:.5f}  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     rows = []
     for actor in args.actor:
         config = _config(args, actor)
@@ -192,7 +231,7 @@ def main(argv=None):
         j_aid = result.history[-1]["cost"]
         row = dict(
             actor=actor,
-            options=_options(config, args.paper),
+            options=_options(config, args.paper, args.terminal == "teacher"),
             config=dataclasses.asdict(config),
             J_aid=j_aid,
             gap_closed=problem.gap_closed(j_aid),
@@ -232,6 +271,7 @@ def main(argv=None):
         args=vars(args),
         J_0=j0,
         J_star=js,
+        **star_mc,
         rows=rows,
     )
     print(

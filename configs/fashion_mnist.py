@@ -59,6 +59,14 @@ def get_config(arg=None):
             critic_x0=False,
             output="denoiser",  # μ = c(σ)·n: n corrects D (docs/AID_DESIGN.md); "drift": μ = n
             base="none",  # "projection": n is added to m⊙(y − D) (warm start at DDNM, η = 0)
+            charge="total",  # "residual": the running cost charges only n, not the base
+            # Ψ's teacher and perceptual terms (train.teacher names the teacher):
+            # + psi_teacher·‖x − T‖²/d + psi_lpips·LPIPS_hole(x, x0 | T).
+            psi_teacher=0.0,
+            psi_lpips=0.0,
+            lpips_target="x0",  # "x0" | "teacher"
+            lpips_net="alex",
+            critic_teacher=False,  # the critic also sees T (never the actor)
         )
     )
     config.train = ml_collections.ConfigDict(
@@ -72,6 +80,9 @@ def get_config(arg=None):
             adv_lambda=0.0,  # actor weight: 0 = δ_k (the paper)
             adv_norm="per_step",  # "none" | "per_step" | "global"
             critic_warmup=20,  # critic-only steps before the actor moves
+            # A registered sampler run from the rollout's own X_0 (aid_jax/aid/teacher.py), for
+            # aid.psi_teacher / lpips_target="teacher" / critic_teacher; "" = none.
+            teacher=dict(method="", num_steps=0, options=dict()),
             step_map="vmap",  # networks over the K steps at once ("map": less memory)
             log_every=10,
             eval_every=100,

@@ -162,6 +162,29 @@ def test_load_from_any_working_directory(full_run, tmp_path, monkeypatch):
     assert found is not None and found.resolve() == (ROOT / "ported_weights/fashion_mnist_32")
 
 
+def test_export_manifest_and_a_moved_export(full_run, tmp_path, monkeypatch):
+    """The export records the training step, the data, the last validation metrics and the
+    parameter counts (``aid_jax.guidance_module``, shared with DEFT); the folder, moved, loads
+    from another working directory."""
+    workdir = pathlib.Path(full_run["workdir"])
+    out = train.export(workdir, str(tmp_path / "export"))
+    manifest = json.loads((out / api.STATE_FILE).read_text())
+    rows = [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert manifest["format"] == api.FORMAT and manifest["step"] == 4
+    assert manifest["validation"] == [r for r in rows if "val_mse_hole" in r][-1]
+    assert manifest["data"] == smoke_config().data.to_dict()
+    n = sum(int(np.size(a)) for a in jax.tree.leaves(full_run["state"]["actor_ema"]))
+    assert manifest["actor_params"] == n and manifest["backbone_params"] > n
+    assert manifest["params_fraction"] == pytest.approx(n / manifest["backbone_params"])
+    assert manifest["backbone"]["path"] == "tests/testdata/edm_ddpmpp_tiny.pkl"
+    assert "path_abs" not in manifest["backbone"] and (out / "README.md").exists()
+    moved = tmp_path / "far" / "away"
+    moved.parent.mkdir()
+    out.rename(moved)
+    monkeypatch.chdir(moved.parent)
+    assert _leaves_equal(aid_jax.load("away").actor, full_run["state"]["actor_ema"])
+
+
 def test_main_job_smoke_writes_the_report(tmp_path):
     """python -m aid_jax.main --config=configs/fashion_mnist.py:smoke: train, evaluate, report."""
     workdir = tmp_path / "run"

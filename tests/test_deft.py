@@ -407,6 +407,36 @@ def test_load_export_and_bad_folders(full_run, tmp_path):
         api.load(full_run["workdir"], backbone=other)
 
 
+def test_export_command_writes_a_movable_folder(full_run, tmp_path, monkeypatch):
+    """``python -m aid_jax.guidance_module export`` from another working directory: the
+    manifest records the step, the data, the last validation metrics, the parameter counts and
+    the backbone without machine paths; the folder, moved, loads to the workdir's EMA."""
+    from aid_jax import guidance_module
+
+    workdir = pathlib.Path(full_run["workdir"])
+    monkeypatch.chdir(tmp_path)
+    argv = ["export", "--workdir", str(workdir), "--out", "exports/deft"]
+    assert guidance_module.main(argv) == 0
+    out = tmp_path / "exports" / "deft"
+    text = (out / api.STATE_FILE).read_text()
+    manifest = json.loads(text)
+    rows = [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert manifest["step"] == 4
+    assert manifest["validation"] == [r for r in rows if "val_loss" in r][-1]
+    assert manifest["data"] == smoke_config().data.to_dict()
+    n = sum(int(np.size(a)) for a in jax.tree.leaves(full_run["state"]["ema"]))
+    assert manifest["hnet_params"] == n and manifest["backbone_params"] > n
+    assert manifest["params_fraction"] == pytest.approx(n / manifest["backbone_params"])
+    assert manifest["backbone"]["path"] == "tests/testdata/edm_ddpmpp_tiny.pkl"
+    assert str(tmp_path) not in text and str(ROOT) not in text
+    assert "--method deft --deft" in (out / "README.md").read_text()
+    moved = tmp_path / "elsewhere" / "deft"
+    moved.parent.mkdir()
+    out.rename(moved)
+    monkeypatch.chdir(moved.parent)
+    assert _leaves_equal(api.load("deft").hnet, full_run["state"]["ema"])
+
+
 # ---------------------------------------------------------------------------------------------
 # The registered method
 

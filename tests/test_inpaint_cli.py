@@ -3,8 +3,8 @@
 Runs the command line in-process (``main([...])``) on the tiny random-weight fixture backbone
 (16×16×3) with 2 steps, and once on the shipped Fashion-MNIST backbone (32×32×1): known pixels
 pasted back exactly, the hole filled, mask conventions, folder mode, several samples, seeds,
-the Python call equal to the command line, resizing and channel conversion, labels, AID, and
-every bad input refused with one line naming the file, a non-zero exit status and no output.
+the Python call equal to the command line, resizing and channel conversion, labels, AID, DEFT,
+and every bad input refused with one line naming the file, a non-zero exit status and no output.
 """
 
 import contextlib
@@ -25,6 +25,8 @@ from aid_jax import backbones, checkpoint, images
 from aid_jax import inpaint_images as ii
 from aid_jax.aid import model as aid_model
 from aid_jax.backbones import loader
+from aid_jax.deft import api as deft_api
+from aid_jax.deft import model as deft_model
 
 ROOT = pathlib.Path(__file__).parent.parent
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
@@ -363,6 +365,59 @@ def test_aid_method_and_the_callable_inpaint_module(data, aid_export, tmp_path, 
     np.testing.assert_array_equal(images.to_uint8(got.x[0]), res)
 
 
+@pytest.fixture(scope="module")
+def deft_export(tmp_path_factory):
+    """A DEFT h-network for the tiny backbone (random, non-zero), written as an export by
+    ``aid_jax.guidance_module.save_module``."""
+    from aid_jax import guidance_module
+
+    tiny = backbones.load_backbone(TINY)
+    cfg = deft_model.DEFTConfig(
+        image_shape=(16, 16, 3), num_steps=2, channels=(4, 4), emb_dim=8, gate_hidden=4
+    )
+    hnet = deft_model.init_hnet(jax.random.key(1), cfg)
+    hnet = jax.tree.map(lambda a: np.asarray(a) + np.float32(0.05), hnet)
+    manifest = dict(
+        format=deft_api.FORMAT,
+        format_version=1,
+        deft_config=cfg.to_dict(),
+        backbone=dict(path=TINY, params_sha256=tiny.params_sha256),
+    )
+    out = tmp_path_factory.mktemp("deft") / "export"
+    return guidance_module.save_module(out, deft_api.KIND, hnet, manifest)
+
+
+def test_deft_method(data, deft_export, aid_export, tmp_path, capsys):
+    """--method deft --deft PATH: the module's step count and recorded backbone by default, the
+    output equal to aid_jax.deft.model.inpaint with batch 0's key, the Python call the same."""
+    d, imgs, _, mask = data
+    out = tmp_path / "deft.png"
+    argv = ["--image", d / "images/a.png", "--mask", mask, "--method", "deft"]
+    rc, _, err = run(capsys, [*argv, "--out", out, "--quiet"])
+    assert rc == 1 and "--deft PATH" in err and not out.exists()
+    rc, _, err = run(capsys, [*argv, "--out", out, "--deft", deft_export, "--aid", aid_export])
+    assert rc == 1 and "--aid is only used with --method aid" in err
+    rc, stdout, err = run(capsys, [*argv, "--out", out, "--deft", deft_export])
+    assert rc == 0, err
+    assert "deft, 2 steps, NFE 2 per sample" in stdout
+    res = _read(out)
+    known = _read(mask) == 255
+    np.testing.assert_array_equal(res[known], imgs["a"][known])
+    params = deft_api.load(deft_export)
+    y = imgs["a"][None].astype(np.float32) / np.float32(127.5) - np.float32(1)
+    m = known[None, ..., None].astype(np.float32)
+    key = jax.random.fold_in(jax.random.key(0), 0)  # batch 0 of seed 0
+    want = deft_model.inpaint(params, y, m, key=key, paste_back=True).x
+    np.testing.assert_array_equal(images.to_uint8(want[0]), res)
+    assert np.abs(res[~known].astype(int) - imgs["a"][~known]).mean() > 10
+    pil = ii.inpaint_images(
+        Image.open(d / "images/a.png"), Image.open(mask), method="deft", deft=params
+    )
+    np.testing.assert_array_equal(np.asarray(pil[0]), res)
+    with pytest.raises(ii.InputError, match="must be a path or a DEFTParams"):
+        ii.inpaint_images(Image.open(d / "images/a.png"), mask, method="deft", deft=1)
+
+
 def _bad_cases(d: pathlib.Path, tmp: pathlib.Path, cond: pathlib.Path):
     """(argv, the file or word the message must name) for every bad input."""
     image, mask = d / "images/a.png", d / "mask.png"
@@ -416,6 +471,15 @@ def _bad_cases(d: pathlib.Path, tmp: pathlib.Path, cond: pathlib.Path):
         "folder: a mask missing": (single(d / "images", b / "masks_missing"), "c.png"),
         "folder: a mask without hole": (single(d / "images", b / "masks_nohole"), "c.png"),
         "aid option without aid": ([*single(image, mask), "--aid", b], "--aid"),
+        "deft option without deft": ([*single(image, mask), "--deft", b], "--deft"),
+        "missing deft module": (
+            [*single(image, mask), "--method", "deft", "--deft", b / "no_deft_here"],
+            "no_deft_here",
+        ),
+        "damaged deft module": (
+            [*single(image, mask), "--method", "deft", "--deft", b],
+            "deft_config.json",
+        ),
         "threshold": ([*single(image, mask), "--threshold", 0], "threshold"),
     }
 

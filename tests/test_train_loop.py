@@ -1,7 +1,8 @@
 """The shared training loop (aid_jax.train_loop), once for both trainers: resume == uninterrupted,
 resume with another config refused (workdir untouched), the loop's sharded step on 8 fake CPU
 devices == the single-device step, no retracing, the files every run writes; and the loop's
-stopping rules on a toy trainer (NaN guard, SIGTERM, Ctrl-C, an error in a hook)."""
+stopping rules on a toy trainer (NaN guard, SIGTERM, Ctrl-C, an error in a hook), and its recovery
+rules (damaged checkpoints moved aside, one writer per workdir, unwritable workdirs refused)."""
 
 import dataclasses
 import functools
@@ -9,7 +10,10 @@ import importlib
 import json
 import os
 import pathlib
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -20,7 +24,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from aid_jax import pretrain, sharding, train_loop
+from aid_jax import checkpoint, pretrain, sharding, train_loop
 from aid_jax.aid import train as aid_train
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -231,3 +235,228 @@ def test_ctrl_c_and_errors_in_hooks_keep_the_progress(tmp_path):
     with pytest.raises(RuntimeError, match="hook failed"):
         train_loop.run(toy_trainer(on_step=fail, checkpoint_every=100), tmp_path / "b")
     assert _checkpoint_steps(tmp_path / "b") == [3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs that recover (issue 17, point 4): damaged checkpoints, the workdir lock, unwritable
+# workdirs — on the toy trainer.
+
+
+def _truncate_data_files(step_dir: pathlib.Path) -> None:
+    data = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data
+    for p in data:  # a copy or a disk that ran out half-way
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _empty_state_metadata(step_dir: pathlib.Path) -> None:
+    (step_dir / "state" / "_METADATA").write_bytes(b"")
+
+
+def _remove_state(step_dir: pathlib.Path) -> None:
+    shutil.rmtree(step_dir / "state")
+
+
+def _truncate_meta_json(step_dir: pathlib.Path) -> None:
+    meta = step_dir / "meta" / "metadata"
+    meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
+
+
+DAMAGES = {
+    "truncated data files": _truncate_data_files,
+    "empty _METADATA": _empty_state_metadata,
+    "missing state/": _remove_state,
+    "truncated meta JSON": _truncate_meta_json,
+}
+
+
+def _folders(workdir) -> list[str]:
+    return sorted(p.name for p in (pathlib.Path(workdir) / "checkpoints").iterdir())
+
+
+@pytest.fixture(scope="module")
+def straight_toy(tmp_path_factory):
+    """The toy trainer's uninterrupted 6-step run."""
+    return train_loop.run(toy_trainer(), tmp_path_factory.mktemp("toy") / "straight")
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_used(
+    damage, straight_toy, tmp_path, capsys
+):
+    train_loop.run(toy_trainer(num_steps=4), tmp_path)  # checkpoints 2 and 4, then "killed"
+    DAMAGES[damage](tmp_path / "checkpoints" / "4")
+    with pytest.warns(checkpoint.DamagedCheckpointWarning) as record:
+        resumed = train_loop.run(toy_trainer(), tmp_path)
+    (message,) = [str(w.message) for w in record]
+    assert str(tmp_path / "checkpoints" / "4") in message  # names the damaged folder
+    assert "moved aside to" in message and "4.damaged" in message
+    assert "Resuming from step 2: the progress of steps 3..4 is lost" in message
+    assert "resumed from step 2" in capsys.readouterr().out
+    assert _folders(tmp_path) == ["2", "4", "4.damaged", "6"]  # nothing deleted
+    assert resumed["step"] == 6
+    assert _leaves_equal(resumed["state"], straight_toy["state"])  # recomputed exactly
+
+
+def test_every_damaged_checkpoint_is_named_and_the_last_good_one_used(tmp_path):
+    train_loop.run(toy_trainer(num_steps=6), tmp_path)  # checkpoints 2, 4, 6
+    _empty_state_metadata(tmp_path / "checkpoints" / "6")
+    _remove_state(tmp_path / "checkpoints" / "4")
+    with pytest.warns(checkpoint.DamagedCheckpointWarning) as record:
+        resumed = train_loop.run(toy_trainer(num_steps=2), tmp_path)  # nothing left to do
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2 and "6.damaged" in messages[0] and "4.damaged" in messages[1]
+    assert all("steps 3..6 is lost" in m for m in messages)
+    assert resumed["step"] == 2 and _folders(tmp_path) == ["2", "4.damaged", "6.damaged"]
+
+
+def test_no_restorable_checkpoint_is_a_clear_error_and_moves_nothing(tmp_path):
+    train_loop.run(toy_trainer(num_steps=4), tmp_path)
+    for step in ("2", "4"):
+        _truncate_meta_json(tmp_path / "checkpoints" / step)
+    with pytest.raises(checkpoint.RestoreError, match=r"no checkpoint in .* can be restored"):
+        train_loop.run(toy_trainer(), tmp_path)
+    assert _folders(tmp_path) == ["2", "4"]
+    assert not (tmp_path / train_loop.LOCK_FILE).exists()  # released on the error
+
+
+def test_the_lock_is_held_during_the_run_and_released_however_it_ends(tmp_path):
+    seen = []
+
+    def look(step, state, writer):
+        seen.append(json.loads((tmp_path / "a" / train_loop.LOCK_FILE).read_text()))
+
+    train_loop.run(toy_trainer(num_steps=1, on_step=look), tmp_path / "a")
+    (lock,) = seen
+    assert lock["pid"] == os.getpid() and lock["host"] == socket.gethostname() and lock["start"]
+    assert not (tmp_path / "a" / train_loop.LOCK_FILE).exists()  # done
+
+    with pytest.raises(FloatingPointError):  # an exception
+        train_loop.run(toy_trainer(nan_from=2), tmp_path / "b")
+    assert not (tmp_path / "b" / train_loop.LOCK_FILE).exists()
+
+    def interrupt(step, state, writer):
+        raise KeyboardInterrupt
+
+    train_loop.run(toy_trainer(on_step=interrupt), tmp_path / "c")  # Ctrl-C
+    assert not (tmp_path / "c" / train_loop.LOCK_FILE).exists()
+
+    def sigterm(step, state, writer):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    train_loop.run(toy_trainer(on_step=sigterm), tmp_path / "d")  # SIGTERM in the loop
+    assert not (tmp_path / "d" / train_loop.LOCK_FILE).exists()
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit), train_loop.workdir_lock(tmp_path / "e"):  # ... in set-up
+        assert (tmp_path / "e" / train_loop.LOCK_FILE).exists()
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert not (tmp_path / "e" / train_loop.LOCK_FILE).exists()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _write_lock(workdir: pathlib.Path, pid: int, host: str) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    record = dict(pid=pid, host=host, start="2024-01-01T00:00:00")
+    (workdir / train_loop.LOCK_FILE).write_text(json.dumps(record))
+
+
+def test_a_second_writer_is_refused_naming_the_owner(tmp_path, monkeypatch):
+    monkeypatch.delenv(train_loop.BREAK_LOCK_ENV, raising=False)
+    # Another process really holding the lock: this one, seen from a child process.
+    script = (
+        "import sys; from aid_jax import train_loop\n"
+        "try:\n"
+        "    with train_loop.workdir_lock(sys.argv[1]): pass\n"
+        "except train_loop.WorkdirError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    with train_loop.workdir_lock(tmp_path / "held"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "held")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert f"is held by pid {os.getpid()} on host {socket.gethostname()}" in out.stdout
+    assert "AID_JAX_BREAK_LOCK=1" in out.stdout
+
+    # A live process on this host (our parent), or any process on another host: refused,
+    # before anything is set up.
+    def no_setup():
+        raise AssertionError("set up despite the lock")
+
+    for workdir, pid, host in (
+        (tmp_path / "live", os.getppid(), socket.gethostname()),
+        (tmp_path / "remote", 12345, "another-host"),
+    ):
+        _write_lock(workdir, pid, host)
+        trainer = dataclasses.replace(toy_trainer(), init_state=no_setup)
+        with pytest.raises(train_loop.WorkdirError, match=f"held by pid {pid} on host {host}"):
+            train_loop.run(trainer, workdir)
+        assert json.loads((workdir / train_loop.LOCK_FILE).read_text())["pid"] == pid  # kept
+
+    # The documented override takes it over, with a warning.
+    monkeypatch.setenv(train_loop.BREAK_LOCK_ENV, "1")
+    with pytest.warns(train_loop.StaleLockWarning, match="AID_JAX_BREAK_LOCK=1"):
+        assert train_loop.run(toy_trainer(), tmp_path / "remote")["step"] == 6
+    assert not (tmp_path / "remote" / train_loop.LOCK_FILE).exists()
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.delenv(train_loop.BREAK_LOCK_ENV, raising=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid is free
+    _write_lock(tmp_path, gone.pid, socket.gethostname())
+    with pytest.warns(train_loop.StaleLockWarning, match=f"pid {gone.pid} is not running"):
+        assert train_loop.run(toy_trainer(), tmp_path)["step"] == 6
+    assert not (tmp_path / train_loop.LOCK_FILE).exists()
+    # A lock with this process's pid that this process does not hold: a former incarnation
+    # (a restarted container reuses pids).
+    _write_lock(tmp_path, os.getpid(), socket.gethostname())
+    with pytest.warns(train_loop.StaleLockWarning, match="does not hold it"):
+        train_loop.run(toy_trainer(), tmp_path)
+
+
+def test_an_unwritable_workdir_is_refused_before_set_up(tmp_path, monkeypatch):
+    def no_setup(*args, **kwargs):
+        raise AssertionError("set up despite an unwritable workdir")
+
+    (tmp_path / "file").write_text("")
+    under_a_file = tmp_path / "file" / "run"  # cannot be created, even by root
+    trainer = dataclasses.replace(toy_trainer(), init_state=no_setup)
+    with pytest.raises(train_loop.WorkdirError, match=r"workdir .*file/run is not writable"):
+        train_loop.run(trainer, under_a_file)
+
+    # The entry points check it before they load anything (backbone, data).
+    monkeypatch.setattr(pretrain, "make_trainer", no_setup)
+    with pytest.raises(train_loop.WorkdirError, match="not writable"):
+        pretrain.train_and_evaluate(CASES["pretrain"].config(), str(under_a_file))
+    from aid_jax import main
+
+    config = CASES["aid"].config()
+    config.mode = "train_aid"
+    monkeypatch.setitem(main.RUNNERS, "train_aid", no_setup)
+    with pytest.raises(train_loop.WorkdirError, match="not writable"):
+        main.run_mode(config, str(under_a_file))
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders"
+)
+def test_a_read_only_workdir_is_refused(tmp_path):
+    def no_setup():
+        raise AssertionError("set up despite a read-only workdir")
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        trainer = dataclasses.replace(toy_trainer(), init_state=no_setup)
+        with pytest.raises(train_loop.WorkdirError, match="PermissionError"):
+            train_loop.run(trainer, read_only)
+    finally:
+        read_only.chmod(0o755)

@@ -144,6 +144,8 @@ class Rollout:
         sigmas: ``[K + 1]`` noise levels (σ_K = 0).
         policy_std: s, a 0-d array or one broadcastable to ``[B, ...]`` (per coordinate), or
             ``[K, 1, ...]`` (one per step).
+        references: ``[K, B, ...]`` the reference drift μ_ref,k the running cost is measured
+            from (``rollout(reference=...)``), or None (the cost charges the whole action).
     """
 
     xs: jax.Array
@@ -152,6 +154,7 @@ class Rollout:
     means: jax.Array
     sigmas: jax.Array
     policy_std: jax.Array
+    references: jax.Array | None = None
 
     @property
     def num_steps(self) -> int:
@@ -169,6 +172,13 @@ class Rollout:
         return self.means + self.policy_std * self.eps
 
     @property
+    def charged(self) -> jax.Array:
+        """What the running cost charges: A_k − μ_ref,k, or A_k without a reference."""
+        if self.references is None:
+            return self.actions
+        return self.actions - self.references
+
+    @property
     def drifts(self) -> jax.Array:
         """b_k from the stored X_k and D_k, ``[K, B, ...]`` (no denoiser call)."""
         k = self.num_steps
@@ -180,7 +190,7 @@ class Rollout:
 
 jax.tree_util.register_dataclass(
     Rollout,
-    data_fields=["xs", "denoised", "eps", "means", "sigmas", "policy_std"],
+    data_fields=["xs", "denoised", "eps", "means", "sigmas", "policy_std", "references"],
     meta_fields=[],
 )
 
@@ -210,6 +220,7 @@ def rollout(
     policy_std: float | jax.Array,
     antithetic: bool = False,
     per_step: bool = False,
+    reference: GuidanceMeanFn | None = None,
 ) -> Rollout:
     """Rolls out K Euler steps of the controlled sampler under the Gaussian policy (AID.md §4).
 
@@ -231,6 +242,10 @@ def rollout(
         antithetic: Draw ε for the first half of the batch and use −ε for the second; sample i
             pairs with i + B/2. The caller makes the pairs share X_0 and their conditioning
             (:func:`pair_up`). Needs an even batch.
+        per_step: ``policy_std`` holds one std per step.
+        reference: Optional reference drift ``μ_ref(k, r, sigma, x, denoised, ds_dr)`` (same
+            signature as the guidance), stored per step so that the running cost can charge
+            A_k − μ_ref,k (``Rollout.charged``; AIDConfig ``charge='residual'``).
 
     Returns:
         :class:`Rollout`.
@@ -262,9 +277,14 @@ def rollout(
         if antithetic:
             eps = jnp.concatenate([eps, -eps], axis=0)
         s_k = s[k] if per_step else s
-        return mu + s_k * eps, (denoised, eps, mu)
+        if reference is None:
+            ref = jnp.zeros((), dtype)
+        else:
+            ref = jnp.asarray(reference(k, r_k, sigma, x_k, denoised, ds_dr)).astype(dtype)
+            ref = jax.lax.stop_gradient(ref)
+        return mu + s_k * eps, (denoised, eps, mu, ref)
 
-    _, xs, (den, eps, mus) = sampling.integrate(
+    _, xs, (den, eps, mus, refs) = sampling.integrate(
         forward_only,
         x,
         sigmas,
@@ -276,7 +296,15 @@ def rollout(
     )
     if per_step:  # broadcast against the stored ε [K, B, ...]
         s = s.reshape((-1,) + (1,) * x.ndim)
-    return Rollout(xs=xs, denoised=den, eps=eps, means=mus, sigmas=sigmas, policy_std=s)
+    return Rollout(
+        xs=xs,
+        denoised=den,
+        eps=eps,
+        means=mus,
+        sigmas=sigmas,
+        policy_std=s,
+        references=None if reference is None else refs,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

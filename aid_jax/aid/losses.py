@@ -187,8 +187,8 @@ def value_estimates(
 
 
 def step_costs(ro: Rollout, beta: float) -> jax.Array:
-    """ℓ(A_k)Δr, ``[K, B]``."""
-    return running_cost(ro.actions, beta, batch_axes=2) / ro.num_steps
+    """ℓ(A_k)Δr, ``[K, B]`` (of A_k − μ_ref,k when the rollout stored a reference drift)."""
+    return running_cost(ro.charged, beta, batch_axes=2) / ro.num_steps
 
 
 def td_errors(values: jax.Array, costs_dt: jax.Array) -> jax.Array:
@@ -369,5 +369,6 @@ def pathwise_actor_loss(
         v_mid = jnp.zeros((0, ro.xs.shape[1]), ro.xs.dtype)
     v_last = terminal_fn(x_next[-1]) - lam * r[-1]
     v_next = jnp.concatenate([v_mid, v_last[None]], axis=0)
-    cost = running_cost(mu, beta, batch_axes=2) / num_steps
+    charged = mu if ro.references is None else mu - ro.references
+    cost = running_cost(charged, beta, batch_axes=2) / num_steps
     return jnp.sum(jnp.mean(v_next + cost, axis=1))

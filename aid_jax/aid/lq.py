@@ -27,6 +27,24 @@ certainty equivalence has the same optimal mean. Any linear feedback u_k = F_k x
 is evaluated exactly (:meth:`LQProblem.policy_cost`) by propagating the mean and covariance of
 (x_k, x0) in float64.
 
+Other terminal costs Ψ (issue 16; :mod:`aid_jax.aid.lq_objectives` has their closed-form laws):
+``'observed'`` ‖m ⊙ (x_K − y)‖²/d, and ``'teacher'`` ‖x_K − T‖²/d with T an exact posterior
+sample that is a function of the rollout's start (Matheron's rule, :attr:`LQProblem.teacher_maps`):
+T = L y + (I − L diag m) Σ^{1/2} X_0/σ_0. The teacher makes the target depend on X_0, which the
+state x_k no longer shows once noise has been added, so the problem is linear–quadratic in the
+augmented state (x_k, T) (y = m ⊙ T: T equals y on the observed pixels), T constant along the
+rollout, with the start covariance of (X_0, T) carrying Cov[T, X_0] = σ_0² T_xᵀ
+(:attr:`LQProblem.start_covariance`; T ~ N(0, Σ) marginally). Its deterministic optimum — the
+best any guidance can do, the open-loop least squares of each (X_0, y) — is realised by a
+feedback on the actor's inputs (x, y) alone (:meth:`LQProblem.optimal_gains`: along a
+deterministic trajectory x_k determines X_0), so the actor does *not* see T (at deployment there
+is no teacher), while the critic does (privileged, like ``critic_x0``; the image trainer's
+``aid.critic_teacher``): the value of an (x, y) policy is an exact quadratic in (x_k, T) but not
+in (x_k, y), and TD errors from a critic that cannot see T would be biased. Trained with policy
+noise, the actor's (x, y) policy cannot tell noise from X_0, so the relaxed problem's best (x, y)
+policy is not exactly the deterministic optimum (no certainty equivalence for a hidden target):
+the learned gap closed has a ceiling slightly below 100 % (docs/AID_DESIGN.md).
+
 Learned function classes (they contain the optimum): a per-step linear actor
 μ_k = F_k φ_x + G_k φ_y (+ h_k) and a per-step quadratic critic V_k = zᵀQ_k z + q_kᵀz + c_k,
 z = (φ_x, φ_y), over features linear in (x, y):
@@ -37,6 +55,18 @@ z = (φ_x, φ_y), over features linear in (x, y):
   zero actor's training rollout (prior dynamics plus policy noise), φ_y = Σ_oo^{-1/2} y_o — the
   features then have roughly identity covariance, which removes the ~1e7 spread of the SE
   covariance's spectrum from the learning problem.
+* ``'adaptive'``: the whitened features re-fitted to the current policy every
+  ``LQTrainConfig.refresh`` iterations — the *innovation* φ_x = W_k (x − B_k y_o) with B_k y_o the
+  regression of X_k on y under the current policy (exact second moments of the training rollout,
+  :meth:`LQProblem.rollout_moments`) and W_k the inverse square root of the residual; φ_y as for
+  ``'whitened'``. The actor, the critic and their Adam moments are rewritten in the new
+  coordinates (:func:`_reparametrize`), so the learned functions do not change at a refresh.
+  Why: a good guidance pulls the observed pixels of X_k onto y, so under the fixed zero-actor
+  whitening the pair (φ_x, φ_y) becomes nearly collinear (eigenvalues of its covariance down to
+  ~1e-4 at the last steps of the 8x8 problem with Ψ on the observed pixels and β/σ²): the critic's
+  quadratic regression is then ill-conditioned (~1e-8) exactly in the directions x − y that the
+  guidance acts on, and the actor's gains there have to grow large through an ill-conditioned
+  objective. Starts exactly as ``'whitened'`` (under the zero actor X_k is independent of y).
 
 Training (:func:`train`) uses the generic rollout and losses of :mod:`aid_jax.aid.control` and
 :mod:`aid_jax.aid.losses` — the code the image trainer uses — with Adam (optax), jit and
@@ -46,6 +76,7 @@ Training (:func:`train`) uses the generic rollout and losses of :mod:`aid_jax.ai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -55,11 +86,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.linalg
 
 from aid_jax import sampling
 from aid_jax.aid import control, losses
 from aid_jax.gaussian import BENCHMARK_MASKS, GaussianWorld, benchmark_mask
 from aid_jax.sampling import EDMSchedule
+
+try:  # optional: the float64 bookkeeping is ~100x slower with threaded BLAS on a busy CPU
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 __all__ = [
     "FEATURES",
@@ -74,13 +111,15 @@ __all__ = [
     "linearize_actor",
     "lq_mask",
     "monte_carlo_cost",
+    "monte_carlo_cost_f64",
     "optimal_actor_params",
+    "teacher_fn",
     "train",
 ]
 
 MASKS = BENCHMARK_MASKS
-FEATURES = ("xy", "whitened")
-LQ_TERMINALS = ("mse", "observed")
+FEATURES = ("xy", "whitened", "adaptive")
+LQ_TERMINALS = ("mse", "observed", "teacher")
 
 
 def lq_mask(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -89,9 +128,21 @@ def lq_mask(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
     return benchmark_mask(kind, height, width, seed)
 
 
-def _inv_sqrt_psd(a: np.ndarray) -> np.ndarray:
+def _inv_sqrt_psd(a: np.ndarray, rcond: float = 0.0) -> np.ndarray:
+    """A^{-1/2} of a symmetric PSD matrix; eigenvalues below ``rcond`` times the largest are
+    raised to it (for numerically singular A)."""
     w, v = np.linalg.eigh(0.5 * (a + a.T))
+    if rcond:
+        w = np.maximum(w, rcond * w.max())
     return (v / np.sqrt(w)) @ v.T
+
+
+# The innovation's residual is singular at k = 0 for the teacher's critic: X_0 − B τ vanishes in
+# the n_hole directions that τ's code η = Vᵀ X_0/σ_0 reads off X_0. Those directions get this
+# relative floor (the features there are then float32 rounding, ~1e-3); elsewhere the residual
+# contains the policy noise added since the start, and its smallest relative eigenvalue is ~1e-6
+# or more on the problems above, so the floor does not touch it.
+_RESIDUAL_RCOND = 1e-9
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +164,10 @@ class LQProblem:
         beta: Control-cost weight β.
         sigmas: float64 ``[K + 1]``: the float32 noise levels of the ``sampling.EDMSchedule``
             (what the JAX sampler runs on), widened.
-        terminal: Ψ: ``'mse'`` ‖x_K − x0‖²/d (the module doc's problem) or ``'observed'``
-            ‖m ⊙ (x_K − y)‖²/d (issue 16; :mod:`aid_jax.aid.lq_objectives`).
+        terminal: Ψ: ``'mse'`` ‖x_K − x0‖²/d (the module doc's problem), ``'observed'``
+            ‖m ⊙ (x_K − y)‖²/d or ``'teacher'`` ‖x_K − T‖²/d with T = T_y y + T_x X_0 an exact
+            posterior sample built from the start (issue 16; :attr:`teacher_maps`,
+            :mod:`aid_jax.aid.lq_objectives`).
         beta_weighting: ``'uniform'`` β_k = β or ``'inv_sigma2'`` β_k = β/σ_k² (policy std
             √(2λ/β_k) per step).
     """
@@ -207,13 +260,72 @@ class LQProblem:
 
     @property
     def terminal_weight(self) -> np.ndarray:
-        """Q of Ψ = (x_K − t)ᵀQ(x_K − t)/d: I (``'mse'``) or diag(m) (``'observed'``)."""
+        """Q of Ψ = (x_K − t)ᵀQ(x_K − t)/d: I (``'mse'``, ``'teacher'``) or diag(m)
+        (``'observed'``)."""
         return np.diag(self.mask) if self.terminal == "observed" else np.eye(self.dim)
 
     @property
     def terminal_target_map(self) -> np.ndarray:
-        """T with the optimal target t = T y: L (the conditional mean, ``'mse'``) or diag(m)."""
+        """T with the optimal target t = T y: L (the conditional mean, ``'mse'``) or diag(m)
+        (``'teacher'``'s target also depends on X_0: :attr:`teacher_maps`)."""
+        if self.terminal == "teacher":
+            raise ValueError("the teacher's target depends on X_0 too: use teacher_maps")
         return np.diag(self.mask) if self.terminal == "observed" else self.conditional_mean_map
+
+    @functools.cached_property
+    def teacher_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T_y, T_x), float64 ``[d, d]`` each: the teacher T = T_y y + T_x X_0, an exact
+        posterior sample given y derived from the rollout's start (Matheron's rule: the prior
+        sample x̃ = Σ^{1/2} X_0/σ_0, corrected to the observation, T = x̃ + L(y − m ⊙ x̃)), so
+        T_y = L and T_x = (I − L diag m) Σ^{1/2}/σ_0. T equals y on the observed pixels and
+        T ~ N(0, Σ); the definition :mod:`aid_jax.aid.lq_objectives` uses."""
+        lmap = self.conditional_mean_map
+        root = np.real(scipy.linalg.sqrtm(self.world.cov))
+        t_x = (np.eye(self.dim) - lmap @ np.diag(self.mask)) @ root / self.sigmas[0]
+        return lmap, t_x
+
+    @functools.cached_property
+    def teacher_code(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, Γ), float64 ``[d, d]`` each: the teacher in well-conditioned coordinates, the
+        *code* τ = y + N X_0 — y on the observed pixels and, on the hole pixels, the teacher's
+        posterior noise η = Vᵀ X_0/σ_0 ~ N(0, I) — with T = Γ τ.
+
+        From the SVD T_x[hole] = U S Vᵀ (rank n_hole): T = L y + T_x X_0 = L y + σ_0 U S η on the
+        hole, so Γ = L diag(m) + σ_0 U S on the hole block. T itself has covariance Σ (condition
+        ~1e7) and, with X_0, a covariance of rank d + n_obs; τ has covariance
+        blockdiag(Σ_oo, I), which is what the critic's features are fitted to.
+        """
+        t_y, t_x = self.teacher_maps
+        d, s0 = self.dim, self.sigmas[0]
+        hole = np.flatnonzero(self.mask == 0.0)
+        u, sv, vt = np.linalg.svd(t_x[hole], full_matrices=False)
+        n = np.zeros((d, d))
+        n[hole] = vt / s0
+        gamma = t_y @ np.diag(self.mask)
+        gamma[np.ix_(hole, hole)] += s0 * u * sv[None, :]
+        return n, gamma
+
+    @functools.cached_property
+    def start_covariance(self) -> np.ndarray:
+        """Covariance of (X_0, c), float64 ``[2d, 2d]``: c is the image the terminal cost
+        compares x_K with — x0 (``'mse'``, ``'observed'``), independent of X_0 — or, for
+        ``'teacher'``, the teacher's code τ = y + N X_0 (:attr:`teacher_code`, T = Γ τ) with
+        Cov[τ, X_0] = σ_0² N; y = m ⊙ c in every case."""
+        d, s0 = self.dim, self.sigmas[0]
+        cov = np.block([[s0**2 * np.eye(d), np.zeros((d, d))], [np.zeros((d, d)), self.world.cov]])
+        if self.terminal == "teacher":
+            n = self.teacher_code[0]
+            m = np.diag(self.mask)
+            cov[d:, d:] = m @ self.world.cov @ m + s0**2 * n @ n.T
+            cov[d:, :d] = s0**2 * n
+            cov[:d, d:] = s0**2 * n.T
+        return cov
+
+    @property
+    def target_map(self) -> np.ndarray:
+        """Γ with the terminal cost's image Γ c (c of :attr:`start_covariance`): I, or the
+        teacher's T = Γ τ."""
+        return self.teacher_code[1] if self.terminal == "teacher" else np.eye(self.dim)
 
     @functools.cached_property
     def transitions(self) -> np.ndarray:
@@ -272,7 +384,15 @@ class LQProblem:
 
     def optimal_cost(self) -> float:
         """J* = tr(M_0⁻¹(σ_0² Φ_{K,0}Φ_{K,0}ᵀ + Σ − C))/d + tr(C)/d (closed form, module doc);
-        for other Ψ or β weightings, the exact cost of the optimal feedback."""
+        for the teacher (any β weighting) J* = tr(M_0⁻¹ E)/d with E = Cov[Φ_{K,0}X_0 − T] =
+        σ_0² Φ_{K,0}Φ_{K,0}ᵀ + Σ − σ_0²(Φ_{K,0}T_xᵀ + T_xΦ_{K,0}ᵀ) (the cost of one (X_0, y) is
+        eᵀM_0⁻¹e/d with e = Φ_{K,0}X_0 − T, and T has no spread given (X_0, y)); for other Ψ
+        or β weightings, the exact cost of the optimal feedback."""
+        if self.terminal == "teacher":
+            phi0, t_x = self.propagators[0], self.teacher_maps[1]
+            cross = phi0 @ t_x.T
+            e_cov = self.sigmas[0] ** 2 * (phi0 @ phi0.T - cross - cross.T) + self.world.cov
+            return float(np.trace(np.linalg.solve(self._m_matrix(0), e_cov)) / self.dim)
         if self.terminal != "mse" or not self.uniform:
             return self.policy_cost(*self.optimal_gains())
         phi0 = self.propagators[0]
@@ -299,7 +419,10 @@ class LQProblem:
         F*_k = −(2/β) Φ_{K,k+1}ᵀ M_k⁻¹ Φ_{K,k}, G*_k = (2/β) Φ_{K,k+1}ᵀ M_k⁻¹ L; in general
         (Ψ with weight Q and target t = T y, per-step β_k, :mod:`aid_jax.aid.lq_objectives`)
         F*_k = −(2/β_k) Φ_{K,k+1}ᵀ Q M_k⁻¹ Φ_{K,k}, G*_k = (2/β_k) Φ_{K,k+1}ᵀ Q M_k⁻¹ T.
+        For the teacher: :meth:`_teacher_gains`.
         """
+        if self.terminal == "teacher":
+            return self._teacher_gains()
         phi = self.propagators
         tmap = self.terminal_target_map
         q = self.terminal_weight
@@ -311,6 +434,35 @@ class LQProblem:
             gs.append(w @ tmap)
         return np.stack(fs), np.stack(gs)
 
+    def _teacher_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's deterministic optimum as a feedback on (x, y), the actor's inputs.
+
+        Open loop (:mod:`aid_jax.aid.lq_objectives`), for each (X_0, y): u_j = U_j X_0 + V_j y
+        with U_j = −(2/β_j) Φ_{K,j+1}ᵀ M_0⁻¹ (Φ_{K,0} − T_x), V_j = (2/β_j) Φ_{K,j+1}ᵀ M_0⁻¹ T_y.
+        Along it x_k = P_k X_0 + R_k y (P_0 = I, R_0 = 0, P_{k+1} = A_k P_k + Δr U_k, R_{k+1} =
+        A_k R_k + Δr V_k), so x_k determines X_0 given y while P_k is invertible and the same
+        controls are F*_k x + G*_k y with F*_k = U_k P_k⁻¹, G*_k = V_k − F*_k R_k. (The optimal
+        feedback on the augmented state (x, T) would be −(2/β_k) Φ_{K,k+1}ᵀ M_k⁻¹ (Φ_{K,k} x − T),
+        which needs T; on (x, y) it is this one, exact for the noise-free deployment.) P_k stays
+        well conditioned before the last step (cond ≈ 1e3 on the 8x8 problem with β/σ²).
+        """
+        phi, a_mats, betas, dr = self.propagators, self.transitions, self.betas, self.dr
+        t_y, t_x = self.teacher_maps
+        d = self.dim
+        m0_inv = np.linalg.inv(self._m_matrix(0))
+        to_x0 = m0_inv @ (phi[0] - t_x)
+        to_y = m0_inv @ t_y
+        p, r = np.eye(d), np.zeros((d, d))
+        fs, gs = [], []
+        for k in range(self.num_steps):
+            w = (2.0 / betas[k]) * phi[k + 1].T
+            u, v = -w @ to_x0, w @ to_y
+            f = np.linalg.solve(p.T, u.T).T  # U_k P_k⁻¹
+            fs.append(f)
+            gs.append(v - f @ r)
+            p, r = a_mats[k] @ p + dr * u, a_mats[k] @ r + dr * v
+        return np.stack(fs), np.stack(gs)
+
     def unguided_cost(self) -> float:
         """J_0: the cost of u ≡ 0 (the plain Euler sampler)."""
         z = np.zeros((self.num_steps, self.dim, self.dim))
@@ -319,9 +471,11 @@ class LQProblem:
     def policy_cost(self, f: np.ndarray, g: np.ndarray, h: np.ndarray | None = None) -> float:
         """Exact expected cost of the deterministic feedback u_k = F_k x + G_k y + h_k.
 
-        Propagates the mean and covariance of z_k = (x_k, x0) in float64: z_0 has mean 0 and
-        covariance diag(σ_0² I, Σ); u_k = T_k z_k + h_k with T_k = [F_k, G_k diag(m)];
-        E‖u_k‖² = tr(T_k S_k T_kᵀ) + ‖T_k μ_k + h_k‖²; terminal E‖x_K − x0‖² likewise.
+        Propagates the mean and covariance of z_k = (x_k, c) in float64, c = x0 or, for the
+        teacher, its code τ (:attr:`start_covariance`; y = m ⊙ c): z_0 has mean 0 and covariance
+        diag(σ_0² I, Σ) (with Cov[τ, X_0] for the teacher); u_k = T_k z_k + h_k with
+        T_k = [F_k, G_k diag(m)]; E‖u_k‖² = tr(T_k S_k T_kᵀ) + ‖T_k μ_k + h_k‖²; terminal
+        E[(x_K − Γc)ᵀQ(x_K − Γc)] likewise (Γ = :attr:`target_map`).
 
         Args:
             f: ``[K, d, d]`` gains on x.
@@ -340,7 +494,7 @@ class LQProblem:
             )
         h = np.zeros((k_steps, d)) if h is None else np.asarray(h, np.float64)
         eye, zero = np.eye(d), np.zeros((d, d))
-        cov = np.block([[self.sigmas[0] ** 2 * eye, zero], [zero, self.world.cov]])
+        cov = self.start_covariance
         mean = np.zeros(2 * d)
         running = 0.0
         betas = self.betas
@@ -353,8 +507,8 @@ class LQProblem:
             )
             cov = step @ cov @ step.T
             mean = step @ mean + np.concatenate([self.dr * h[k], np.zeros(d)])
-        # Ψ = (x_K − x0)ᵀQ(x_K − x0)/d (for 'observed', y = m ⊙ x0 on the known pixels).
-        e = np.concatenate([eye, -eye], axis=1)
+        # Ψ = (x_K − Γc)ᵀQ(x_K − Γc)/d (for 'observed', y = m ⊙ x0 on the known pixels).
+        e = np.concatenate([eye, -self.target_map], axis=1)
         me = e @ mean
         q = self.terminal_weight
         terminal = (np.trace(q @ e @ cov @ e.T) + me @ q @ me) / d
@@ -398,9 +552,43 @@ class LQProblem:
             c_in = 1.0 / np.sqrt(self.sigmas[:-1] ** 2 + var)
             wx = c_in[:, None, None] * np.eye(self.dim)[None]
             return wx, np.eye(self.observed.size)
-        if features == "whitened":
+        if features in ("whitened", "adaptive"):  # 'adaptive' starts whitened
             return self.features_whitening
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+
+    def rollout_moments(
+        self, f: np.ndarray | None = None, g: np.ndarray | None = None, h: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Second moments E[v_k v_kᵀ] of v_k = (X_k, c) in the training rollout, k = 0..K−1
+        (c = x0, or the teacher's code τ: :attr:`start_covariance`; y = m ⊙ c).
+
+        The rollout of the Gaussian policy with mean u_k = F_k x + G_k y + h_k (zero when not
+        given: the unguided sampler) and std s_k, propagated exactly in float64; ``[K, 2d, 2d]``.
+        With the zero actor the x-block is :attr:`rollout_state_covariances` and X_k is
+        independent of y (of x0 too, but not of the teacher's code).
+        """
+        k_steps, d = self.num_steps, self.dim
+        zeros = np.zeros((k_steps, d, d))
+        f = zeros if f is None else np.asarray(f, np.float64)
+        g = zeros if g is None else np.asarray(g, np.float64)
+        h = np.zeros((k_steps, d)) if h is None else np.asarray(h, np.float64)
+        eye, zero = np.eye(d), np.zeros((d, d))
+        cov = self.start_covariance
+        mean = np.zeros(2 * d)
+        stds = self.policy_stds
+        out = []
+        for k in range(k_steps):
+            out.append(cov + np.outer(mean, mean))
+            step = np.block(
+                [
+                    [self.transitions[k] + self.dr * f[k], self.dr * g[k] * self.mask[None, :]],
+                    [zero, eye],
+                ]
+            )
+            cov = step @ cov @ step.T
+            cov[:d, :d] += (self.dr * stds[k]) ** 2 * eye
+            mean = step @ mean + np.concatenate([self.dr * h[k], np.zeros(d)])
+        return np.stack(out)
 
     def sample_factor(self) -> np.ndarray:
         """R with x0 = z Rᵀ ~ N(0, Σ) for z ~ N(0, I): R = U diag(√λ)."""
@@ -412,30 +600,80 @@ class LQProblem:
 # --------------------------------------------------------------------------------------------
 
 
-def _constants(
-    problem: LQProblem, features: str, center: bool = False, x0: bool = False
-) -> dict[str, jax.Array]:
-    """Feature constants; ``x0=True`` conditions on the clean image x0 (all d pixels, whitened
-    with Σ^{-1/2} for ``'whitened'``) instead of the observed pixels of y."""
+@dataclasses.dataclass(frozen=True)
+class _FeatureMaps:
+    """The linear feature maps in float64: φ_x = W_k (x − B_k c), φ_c = W_c c, c = v[idx] the
+    conditioning (observed pixels of y, or all of x0), and R_k = E[z zᵀ] (the centring)."""
+
+    wx: np.ndarray  # [K, d, d]
+    bx: np.ndarray | None  # [K, d, n_c], None: B = 0
+    wc: np.ndarray  # [n_c, n_c]
+    idx: np.ndarray  # [n_c] pixel indices of the conditioning
+    zcov: np.ndarray  # [K, n, n], n = d + n_c
+
+    def transforms(self) -> np.ndarray:
+        """T_k with z = T_k (x, c): ``[K, n, n]``."""
+        k_steps, d = self.wx.shape[:2]
+        n_c = self.idx.size
+        t = np.zeros((k_steps, d + n_c, d + n_c))
+        t[:, :d, :d] = self.wx
+        if self.bx is not None:
+            t[:, :d, d:] = -self.wx @ self.bx
+        t[:, d:, d:] = self.wc
+        return t
+
+
+def _feature_maps(
+    problem: LQProblem, features: str, x0: bool = False, moments: np.ndarray | None = None
+) -> _FeatureMaps:
+    """Feature maps; ``x0=True`` conditions on the whole image c of
+    :meth:`LQProblem.rollout_moments` — the clean image x0, or the teacher's code τ — (all d
+    pixels, whitened with Cov[c]^{-1/2} for the whitened features: Σ^{-1/2} for x0) instead of
+    the observed pixels of y. ``moments``
+    (:meth:`LQProblem.rollout_moments` of the current policy; default: the zero actor's) fit the
+    ``'adaptive'`` features and give R_k."""
     wx, wy = problem.feature_maps(features)
     if x0:
         idx = np.arange(problem.dim)
-        wy = _inv_sqrt_psd(problem.world.cov) if features == "whitened" else np.eye(problem.dim)
+        d = problem.dim
+        cov_c = problem.start_covariance[d:, d:]  # Σ for x0; blockdiag(Σ_oo, I) for τ
+        wy = _inv_sqrt_psd(cov_c) if features != "xy" else np.eye(problem.dim)
     else:
         idx = problem.observed
-    cov_y = wy @ problem.world.cov[np.ix_(idx, idx)] @ wy.T
-    zcov = []
-    for k in range(problem.num_steps):
-        cov_x = wx[k] @ problem.rollout_state_covariances[k] @ wx[k].T
-        n_x, n_y = cov_x.shape[0], cov_y.shape[0]
-        zcov.append(np.block([[cov_x, np.zeros((n_x, n_y))], [np.zeros((n_y, n_x)), cov_y]]))
-    return {
-        "zcov": jnp.asarray(np.stack(zcov), jnp.float32),
+    if moments is None:
+        moments = problem.rollout_moments()
+    d = problem.dim
+    sel = np.concatenate([np.arange(d), d + idx])
+    sub = moments[:, sel[:, None], sel[None, :]]  # second moments of (x_k, c)
+    bx = None
+    if features == "adaptive":  # innovation x − B c, whitened by its residual moment
+        cxc, ccc = sub[:, :d, d:], sub[:, d:, d:]
+        bx = np.stack([np.linalg.solve(ccc[k], cxc[k].T).T for k in range(problem.num_steps)])
+        resid = sub[:, :d, :d] - np.einsum("kij,klj->kil", bx, cxc)
+        wx = np.stack([_inv_sqrt_psd(r, _RESIDUAL_RCOND) for r in resid])
+    maps = _FeatureMaps(wx=wx, bx=bx, wc=wy, idx=idx, zcov=np.zeros(0))
+    t = maps.transforms()
+    return dataclasses.replace(maps, zcov=t @ sub @ np.swapaxes(t, 1, 2))
+
+
+def _jax_constants(maps: _FeatureMaps, center: bool = False) -> dict[str, jax.Array]:
+    out = {
+        "zcov": jnp.asarray(maps.zcov, jnp.float32),
         "center": jnp.float32(1.0 if center else 0.0),
-        "wx": jnp.asarray(wx, jnp.float32),
-        "wy": jnp.asarray(wy, jnp.float32),
-        "obs": jnp.asarray(idx, jnp.int32),
+        "wx": jnp.asarray(maps.wx, jnp.float32),
+        "wy": jnp.asarray(maps.wc, jnp.float32),
+        "obs": jnp.asarray(maps.idx, jnp.int32),
     }
+    if maps.bx is not None:
+        out["bx"] = jnp.asarray(maps.bx, jnp.float32)
+    return out
+
+
+def _constants(
+    problem: LQProblem, features: str, center: bool = False, x0: bool = False
+) -> dict[str, jax.Array]:
+    """Feature constants (:func:`_feature_maps` at the zero actor) as JAX arrays."""
+    return _jax_constants(_feature_maps(problem, features, x0), center)
 
 
 def init_actor(problem: LQProblem, *, bias: bool = False) -> dict[str, jax.Array]:
@@ -448,11 +686,37 @@ def init_actor(problem: LQProblem, *, bias: bool = False) -> dict[str, jax.Array
     return p
 
 
+def _critic_sees_image(problem: LQProblem, x0: bool) -> bool:
+    """Whether the critic conditions on a whole image (x0 with ``critic_x0``; always the teacher
+    T for Ψ = teacher, module doc) rather than on the observed pixels of y."""
+    return x0 or problem.terminal == "teacher"
+
+
+def teacher_fn(problem: LQProblem) -> Callable[[jax.Array, jax.Array], tuple]:
+    """``fn(x_init, y) -> (T, τ)`` in float32 JAX (``[B, H, W, 1]`` each): the teacher
+    T = T_y y + T_x X_0 of :attr:`LQProblem.teacher_maps` (an exact posterior sample given y,
+    a function of the rollout's start X_0) and its code τ = y + N X_0
+    (:attr:`LQProblem.teacher_code`, what the critic sees), both computed from (X_0, y)."""
+    t_y, t_x = (jnp.asarray(m.T, jnp.float32) for m in problem.teacher_maps)
+    n_x = jnp.asarray(problem.teacher_code[0].T, jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+
+    def fn(x_init, y):
+        b = x_init.shape[0]
+        yf, xf = y.reshape(b, -1), x_init.reshape(b, -1)
+        t = jnp.matmul(yf, t_y, precision=hi) + jnp.matmul(xf, t_x, precision=hi)
+        code = yf + jnp.matmul(xf, n_x, precision=hi)
+        return t.reshape(x_init.shape), code.reshape(x_init.shape)
+
+    return fn
+
+
 def init_critic(problem: LQProblem, *, x0: bool = False) -> dict[str, jax.Array]:
     """Zero-initialised per-step quadratic critic over z = (φ_x, φ_y): Q ``[K, n, n]``,
-    q ``[K, n]``, c ``[K]`` with n = d + n_obs (n = 2d with ``x0=True``: z = (φ_x, φ_x0))."""
+    q ``[K, n]``, c ``[K]`` with n = d + n_obs (n = 2d with ``x0=True``: z = (φ_x, φ_x0); and
+    for Ψ = teacher, where the critic sees T: z = (φ_x, φ_T))."""
     k = problem.num_steps
-    n = problem.dim + (problem.dim if x0 else problem.observed.size)
+    n = problem.dim + (problem.dim if _critic_sees_image(problem, x0) else problem.observed.size)
     return {
         "Q": jnp.zeros((k, n, n), jnp.float32),
         "q": jnp.zeros((k, n), jnp.float32),
@@ -463,8 +727,12 @@ def init_critic(problem: LQProblem, *, x0: bool = False) -> dict[str, jax.Array]
 def _features(consts, k, x, y):
     b = x.shape[0]
     hi = jax.lax.Precision.HIGHEST
-    fx = jnp.matmul(x.reshape(b, -1), consts["wx"][k].T, precision=hi)
-    fy = jnp.matmul(y.reshape(b, -1)[:, consts["obs"]], consts["wy"].T, precision=hi)
+    xf = x.reshape(b, -1)
+    yo = y.reshape(b, -1)[:, consts["obs"]]
+    if "bx" in consts:  # the innovation x − B_k c ('adaptive')
+        xf = xf - jnp.matmul(yo, consts["bx"][k].T, precision=hi)
+    fx = jnp.matmul(xf, consts["wx"][k].T, precision=hi)
+    fy = jnp.matmul(yo, consts["wy"].T, precision=hi)
     return fx, fy
 
 
@@ -506,6 +774,70 @@ def optimal_actor_params(problem: LQProblem, features: str = "xy") -> dict[str, 
     f = np.stack([inv[k] * f_star[k] @ np.linalg.inv(wx[k]) for k in range(problem.num_steps)])
     g = np.stack([inv[k] * g_star[k][:, obs] @ np.linalg.inv(wy) for k in range(problem.num_steps)])
     return {"F": jnp.asarray(f, jnp.float32), "G": jnp.asarray(g, jnp.float32)}
+
+
+def _effective_gains(
+    problem: LQProblem, params, maps: _FeatureMaps
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(F, G, h) in (x, y) coordinates of the actor ``params`` on feature maps ``maps`` (float64,
+    the same as :func:`linearize_actor` of it, without autodiff)."""
+    d = problem.dim
+    scale = _output_scale(problem)[:, None, None]
+    gains = np.concatenate([np.asarray(params["F"], np.float64), np.asarray(params["G"])], 2)
+    gains = scale * (gains @ maps.transforms())  # on (x, y_o)
+    g = np.zeros((problem.num_steps, d, d))
+    g[:, :, maps.idx] = gains[:, :, d:]
+    h = scale[:, :, 0] * np.asarray(params["h"], np.float64) if "h" in params else None
+    return gains[:, :, :d], g, h
+
+
+def _reparametrize(
+    state: dict, s_actor: np.ndarray, s_critic: np.ndarray, r_old, r_new, center: float
+) -> dict:
+    """Rewrites the training state for new features z_new with z_old = S_k z_new (per step):
+    the actor μ = s_k [F G] z and the critic zᵀQz + qᵀz + c − ⟨Q, R⟩ keep their values at every
+    (x, y) ([F G] → [F G] S, Q → SᵀQS, q → Sᵀq, c absorbs the change of the centring term
+    ``center``·⟨Q, R⟩ from ``r_old`` to ``r_new``); Adam's first moments transform as gradients
+    do (g → g S⁻ᵀ, S⁻¹ g S⁻ᵀ) and its second moments as the variances of those sums of
+    (independent) coordinates."""
+    f64 = functools.partial(np.asarray, dtype=np.float64)
+    inv_t = np.linalg.inv(s_actor).swapaxes(1, 2)  # S⁻ᵀ
+    ci = np.linalg.inv(s_critic)  # S⁻¹
+    n_x = np.shape(state["actor"]["F"])[2]
+
+    def actor(p, grad_map):
+        gains = np.concatenate([f64(p["F"]), f64(p["G"])], axis=2) @ grad_map
+        out = dict(p, F=gains[:, :, :n_x], G=gains[:, :, n_x:])
+        return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+    def critic_moments(p, m_left, m_right):
+        q = m_left @ f64(p["Q"]) @ m_right
+        v = np.einsum("kij,kj->ki", m_left, f64(p["q"]))
+        return {"Q": jnp.asarray(q, jnp.float32), "q": jnp.asarray(v, jnp.float32), "c": p["c"]}
+
+    out = dict(state)
+    out["actor"] = actor(state["actor"], s_actor)
+    if "ema" in state:
+        out["ema"] = actor(state["ema"], s_actor)
+    opt = state["actor_opt"]
+    out["actor_opt"] = opt._replace(mu=actor(opt.mu, inv_t), nu=actor(opt.nu, inv_t**2))
+    cr = state["critic"]
+    q_old = f64(cr["Q"])
+    q_new = s_critic.swapaxes(1, 2) @ q_old @ s_critic
+    level_old = np.sum(q_old * f64(r_old), axis=(1, 2))
+    level_new = np.sum(q_new * f64(r_new), axis=(1, 2))
+    out["critic"] = {
+        "Q": jnp.asarray(q_new, jnp.float32),
+        "q": jnp.asarray(np.einsum("kji,kj->ki", s_critic, f64(cr["q"])), jnp.float32),
+        "c": jnp.asarray(f64(cr["c"]) + center * (level_new - level_old), jnp.float32),
+    }
+    opt = state["critic_opt"]
+    if isinstance(opt, optax.ScaleByAdamState):
+        ct = ci.swapaxes(1, 2)
+        out["critic_opt"] = opt._replace(
+            mu=critic_moments(opt.mu, ci, ct), nu=critic_moments(opt.nu, ci**2, ct**2)
+        )
+    return out
 
 
 def linearize_actor(
@@ -550,8 +882,9 @@ def monte_carlo_cost(
 ) -> tuple[float, float]:
     """Monte-Carlo J of the deterministic Euler deployment (float32 JAX): (mean, std error).
 
-    Averages the plain per-sample cost Σ_k ℓ(u_k)Δr + ‖x_K − x0‖²/d over fresh (x0, X_0), so the
-    estimate is independent of the closed forms of :class:`LQProblem`.
+    Averages the plain per-sample cost Σ_k ℓ(u_k)Δr + Ψ(x_K) over fresh (x0, X_0) (Ψ: the MSE to
+    x0, the observed pixels, or the MSE to the teacher T(X_0, y)), so the estimate is independent
+    of the closed forms of :class:`LQProblem`.
 
     Args:
         problem: The instance.
@@ -568,6 +901,7 @@ def monte_carlo_cost(
     m = jnp.asarray(problem.mask.reshape(shape), jnp.float32)
     d, k_steps = problem.dim, problem.num_steps
     beta = problem.beta if problem.uniform else jnp.asarray(problem.betas, jnp.float32)
+    teach = teacher_fn(problem) if problem.terminal == "teacher" else None
 
     @jax.jit
     def chunk(key):
@@ -598,11 +932,59 @@ def monte_carlo_cost(
             running = running + cost  # Σ_k ℓ(u_k)Δr in step order
         if problem.terminal == "observed":
             return running + losses.observed_cost(x_k, y, m)
-        return running + losses.terminal_cost(x_k, x0)
+        target = teach(x_init, y)[0] if teach is not None else x0
+        return running + losses.terminal_cost(x_k, target)
 
     costs = []
     for i in range(max(1, num_samples // batch)):
         costs.append(np.asarray(chunk(jax.random.fold_in(key, i)), np.float64))
+    c = np.concatenate(costs)
+    return float(c.mean()), float(c.std(ddof=1) / np.sqrt(c.size))
+
+
+def monte_carlo_cost_f64(
+    problem: LQProblem,
+    f: np.ndarray,
+    g: np.ndarray,
+    h: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    num_samples: int = 65536,
+    batch: int = 8192,
+) -> tuple[float, float]:
+    """Monte-Carlo J of the deterministic feedback u_k = F_k x + G_k y + h_k in float64 NumPy:
+    (mean, std error).
+
+    Fresh x0 ~ N(0, Σ), X_0 ~ N(0, σ_0² I), Euler steps x + (σ_{k+1} − σ_k)/σ_k (x − D(x)) + Δr u
+    with the reference denoiser :meth:`GaussianWorld.denoiser_f64` (a linear solve, not the
+    transitions A_k), and the plain per-sample cost Σ_k (β_k/2)‖u_k‖²Δr/d + Ψ(x_K) with Ψ's
+    target computed from the sample (x0, y, or the teacher T = T_y y + T_x X_0): a check of
+    :meth:`LQProblem.policy_cost` and of the closed-form J* that shares no propagation with them.
+    """
+    rng = np.random.default_rng(seed)
+    d, k_steps, sig = problem.dim, problem.num_steps, problem.sigmas
+    eye = np.eye(d)
+    dens = [problem.world.denoiser_f64(eye, sig[k]).reshape(d, d) for k in range(k_steps)]
+    h = np.zeros((k_steps, d)) if h is None else np.asarray(h, np.float64)
+    betas, q = problem.betas, problem.terminal_weight
+    costs = []
+    for _ in range(max(1, num_samples // batch)):
+        x0 = problem.world.sample(rng, batch).reshape(batch, d)
+        y = x0 * problem.mask
+        x = sig[0] * rng.normal(size=(batch, d))
+        if problem.terminal == "teacher":
+            t_y, t_x = problem.teacher_maps
+            target = y @ t_y.T + x @ t_x.T
+        else:
+            target = x0  # 'observed': Q = diag(m) keeps the known pixels, where x0 = y
+        cost = np.zeros(batch)
+        for k in range(k_steps):
+            u = x @ f[k].T + y @ g[k].T + h[k]
+            cost += 0.5 * betas[k] * problem.dr * np.sum(u**2, axis=1) / d
+            den = x @ dens[k]  # row i of D(I) is D(e_i), so x D(I) = D(x) row-wise
+            x = x + (sig[k + 1] - sig[k]) / sig[k] * (x - den) + problem.dr * u
+        e = x - target
+        costs.append(cost + np.einsum("bi,ij,bj->b", e, q, e) / d)
     c = np.concatenate(costs)
     return float(c.mean()), float(c.std(ddof=1) / np.sqrt(c.size))
 
@@ -621,7 +1003,8 @@ class LQTrainConfig:
         iterations: Actor iterations (after ``critic_warmup``).
         batch: Rollouts per iteration (observations x0 ~ N(0, Σ), y = m ⊙ x0, one X_0 each;
             with ``antithetic`` B/2 observations, each used by a (ε, −ε) pair).
-        features: Actor/critic features, ``'xy'`` or ``'whitened'`` (module doc).
+        features: Actor/critic features, ``'xy'``, ``'whitened'`` or ``'adaptive'`` (module
+            doc; ``'adaptive'`` is the one for Ψ on the observed pixels with β/σ²).
         actor_bias: Add a per-step offset h_k to the actor.
         actor_lr: Adam learning rate of the actor (peak value).
         critic_lr: Critic learning rate (peak value; of Adam or of plain SGD, ``critic_opt``).
@@ -633,7 +1016,8 @@ class LQTrainConfig:
         adv_lambda: Actor advantage Σ_j τ_a^j δ_{k+j} (0: δ_k, the paper).
         adv_norm: ``'none'``, ``'per_step'`` or ``'global'`` advantage normalisation.
         critic_x0: Condition the critic on the clean image x0 instead of y (AID.md §3 allows
-            it; the actor never sees x0).
+            it; the actor never sees x0). Not with Ψ = teacher, whose critic always sees the
+            teacher T instead (module doc).
         critic_opt: ``'sgd'`` (default) or ``'adam'`` for the critic. The critic is linear in
             its ~10⁴ parameters per step; Adam's per-coordinate normalisation turns the
             gradient noise into a random walk of every Q entry (a large value-noise floor),
@@ -646,6 +1030,10 @@ class LQTrainConfig:
         critic_warmup: Iterations of critic-only training before the actor moves.
         ema: Polyak/EMA decay of the actor used for evaluation (0: off).
         chunk: Iterations per jitted ``lax.scan`` call (evaluation happens between chunks).
+        refresh: Iterations between refits of the ``'adaptive'`` features to the current policy
+            (ignored by the other features). Between refits the moving actor changes the state
+            law, and the SGD critic's curvature grows with the square of the features' second
+            moment: at 250 a 4x4 run diverged (the second moment grew 13x in one interval).
         seed: PRNG seed.
     """
 
@@ -669,6 +1057,7 @@ class LQTrainConfig:
     critic_warmup: int = 0
     ema: float = 0.0
     chunk: int = 1000
+    refresh: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -684,7 +1073,7 @@ class LQTrainConfig:
             raise ValueError(f"adv_norm must be none, per_step or global, got {self.adv_norm!r}")
         if self.batch < 2 or (self.antithetic and self.batch % 2):
             raise ValueError(f"batch must be >= 2 (and even with antithetic), got {self.batch}")
-        for name in ("iterations", "chunk", "critic_steps"):
+        for name in ("iterations", "chunk", "critic_steps", "refresh"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.critic_warmup < 0:
@@ -733,6 +1122,11 @@ class TrainResult:
     seconds: float
 
 
+def _serial_blas():
+    """Single-threaded BLAS for the small float64 matrices of the host-side bookkeeping."""
+    return threadpool_limits(1, "blas") if threadpool_limits else contextlib.nullcontext()
+
+
 def _decay(config: LQTrainConfig) -> Callable[[jax.Array], jax.Array]:
     """Learning-rate factor as a function of the actor iteration (1 during the warm-up)."""
     total = config.iterations
@@ -766,8 +1160,8 @@ def make_actor_fn(problem: LQProblem, features: str):
 
 def make_critic_fn(problem: LQProblem, features: str, center: bool = False, x0: bool = False):
     """``fn(params, k, x, cond) -> [B]`` (the critic network part); ``cond`` is y, or the clean
-    image x0 with ``x0=True``."""
-    consts = _constants(problem, features, center, x0)
+    image x0 with ``x0=True``, or the teacher T for Ψ = teacher (:func:`teacher_fn`)."""
+    consts = _constants(problem, features, center, _critic_sees_image(problem, x0))
 
     def fn(params, k, x, y):
         return critic_value(params, consts, k, x, y)
@@ -783,7 +1177,8 @@ def train(
 ) -> TrainResult:
     """Trains the per-step linear actor and quadratic critic on ``problem``.
 
-    Per iteration: x0 ~ N(0, Σ), y = m ⊙ x0, X_0 = σ_max n; a rollout under the Gaussian policy
+    Per iteration: x0 ~ N(0, Σ), y = m ⊙ x0, X_0 = σ_max n (and for Ψ = teacher the teacher
+    T(X_0, y), which the critic sees and the actor does not); a rollout under the Gaussian policy
     (:func:`aid_jax.aid.control.rollout`); ``critic_steps`` Adam steps on
     :func:`aid_jax.aid.losses.critic_loss`; one Adam step of the actor on
     :func:`~aid_jax.aid.losses.lr_actor_loss` (advantages from the updated critic) or
@@ -792,6 +1187,11 @@ def train(
     between chunks the (EMA) actor is scored exactly with :meth:`LQProblem.policy_cost`.
     """
     cfg = config
+    teacher = problem.terminal == "teacher"
+    if teacher and cfg.critic_x0:
+        raise ValueError("with terminal='teacher' the critic conditions on T: drop critic_x0")
+    critic_image = _critic_sees_image(problem, cfg.critic_x0)
+    teach = teacher_fn(problem) if teacher else None
     shape = problem.world.image_shape
     d = problem.dim
     denoise = problem.world.denoiser()
@@ -802,8 +1202,18 @@ def train(
     s = jnp.asarray(problem.policy_stds, jnp.float32) if per_step else problem.policy_std
     lam = problem.lam
     beta = jnp.asarray(problem.betas, jnp.float32) if per_step else problem.beta
-    actor_fn = make_actor_fn(problem, cfg.features)
-    critic_fn = make_critic_fn(problem, cfg.features, cfg.critic_center, cfg.critic_x0)
+    # The feature constants are an argument of the jitted chunk: 'adaptive' refits them.
+    adaptive = cfg.features == "adaptive"
+    center = 1.0 if cfg.critic_center else 0.0
+    a_maps = _feature_maps(problem, cfg.features)
+    c_maps = _feature_maps(problem, cfg.features, critic_image)
+    first_maps = (a_maps, c_maps)
+    consts = (_jax_constants(a_maps), _jax_constants(c_maps, cfg.critic_center))
+    out_scale = jnp.asarray(_output_scale(problem), jnp.float32)
+
+    def actor_apply(a_consts, params, k, x, y):
+        return out_scale[k] * actor_mean(params, a_consts, k, x, y)
+
     hi = jax.lax.Precision.HIGHEST
 
     # Adam's moment estimates with the learning rate applied explicitly as a function of the
@@ -825,7 +1235,12 @@ def train(
     base_key = jax.random.key(cfg.seed)
     n_obs = cfg.batch // 2 if cfg.antithetic else cfg.batch
 
-    def iteration(st, _):
+    def iteration(consts, st, _):
+        actor_fn = functools.partial(actor_apply, consts[0])
+
+        def critic_fn(params, k, x, cond):
+            return critic_value(params, consts[1], k, x, cond)
+
         key = jax.random.fold_in(base_key, st["step"])
         factor_lr = decay(st["step"] - cfg.critic_warmup)
         k_x0, k_init, k_pol = jax.random.split(key, 3)
@@ -835,18 +1250,19 @@ def train(
         if cfg.antithetic:
             x0, x_init = control.pair_up((x0, x_init))
         y = mask * x0
+        target, code = teach(x_init, y) if teacher else (x0, x0)
 
         def guidance(params):
             return lambda k, r, sigma, x, den, ds_dr: actor_fn(params, k, x, y)
 
         def value(params):
-            cond = x0 if cfg.critic_x0 else y
+            cond = code if critic_image else y
             return lambda k, r, sigma, x: critic_fn(params, k, x, cond)
 
         def terminal(x):
             if problem.terminal == "observed":
                 return losses.observed_cost(x, y, mask)
-            return losses.terminal_cost(x, x0)
+            return losses.terminal_cost(x, target)
 
         ro = control.rollout(
             denoise,
@@ -918,28 +1334,55 @@ def train(
         }
         return new, metrics
 
-    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
-    def run_chunk(st, length):
-        return jax.lax.scan(iteration, st, None, length=length)
+    @functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
+    def run_chunk(st, consts, length):
+        return jax.lax.scan(functools.partial(iteration, consts), st, None, length=length)
+
+    def refit(state, a_maps, c_maps, target=None):
+        """'adaptive': new feature maps (fitted to the current actor, or ``target``) and the
+        state rewritten in them."""
+        if target is None:
+            f, g, h = _effective_gains(problem, state["actor"], a_maps)
+            moments = problem.rollout_moments(f, g, h)
+            new_a = _feature_maps(problem, "adaptive", moments=moments)
+            new_c = _feature_maps(problem, "adaptive", True, moments) if critic_image else new_a
+            target = (new_a, new_c)
+        new_a, new_c = target
+        s_a = a_maps.transforms() @ np.linalg.inv(new_a.transforms())
+        s_c = c_maps.transforms() @ np.linalg.inv(new_c.transforms())
+        state = _reparametrize(state, s_a, s_c, c_maps.zcov, new_c.zcov, center)
+        return state, new_a, new_c
 
     history = []
     j0, js = problem.unguided_cost(), problem.optimal_cost()
     total = cfg.critic_warmup + cfg.iterations
+    refresh = cfg.refresh if adaptive else total
     done = 0
     t0 = time.perf_counter()
     while done < total:
-        length = min(cfg.chunk, total - done)
-        state, metrics = run_chunk(state, length)
+        length = min(cfg.chunk - done % cfg.chunk, refresh - done % refresh, total - done)
+        state, metrics = run_chunk(state, consts, length)
         done += length
-        if not np.isfinite(float(metrics["critic_loss"][-1])):
+        loss = float(metrics["critic_loss"][-1])
+        if not loss < 1e10:  # NaN, inf, or a blown-up finite value
             raise FloatingPointError(
-                f"LQ training diverged by iteration {done} (critic loss not finite). With "
+                f"LQ training diverged by iteration {done} (critic loss {loss:.3g}). With "
                 f"features={cfg.features!r} and critic_opt={cfg.critic_opt!r} lower critic_lr, "
-                "or use the whitened features (the SGD critic needs them) or critic_opt='adam'"
+                "or use the whitened features (the SGD critic needs them) or critic_opt='adam'; "
+                "a pathwise actor that outruns its critic needs a lower actor_lr"
             )
+        if adaptive and done % refresh == 0 and done < total:
+            with _serial_blas():
+                state, a_maps, c_maps = refit(state, a_maps, c_maps)
+            consts = (_jax_constants(a_maps), _jax_constants(c_maps, cfg.critic_center))
+        if done % cfg.chunk and done < total:
+            continue
         params = state["ema"] if cfg.ema > 0 else state["actor"]
-        f, g, h = linearize_actor(lambda k, x, y, p=params: actor_fn(p, k, x, y), problem)
-        cost = problem.policy_cost(f, g, h)
+        f, g, h = linearize_actor(
+            lambda k, x, y, p=params, c=consts[0]: actor_apply(c, p, k, x, y), problem
+        )
+        with _serial_blas():
+            cost = problem.policy_cost(f, g, h)
         row = dict(
             iteration=done,
             seconds=time.perf_counter() - t0,
@@ -954,6 +1397,9 @@ def train(
                 f"iter {done:6d}  J {cost:.5f}  gap closed {100 * row['gap_closed']:6.2f}%  "
                 f"critic {row['critic_loss']:.3e}  ({row['seconds']:.0f} s)"
             )
+    if adaptive:  # back to the first (whitened) features: make_actor_fn's parametrisation
+        with _serial_blas():
+            state, _, _ = refit(state, a_maps, c_maps, target=first_maps)
     params = state["ema"] if cfg.ema > 0 else state["actor"]
     return TrainResult(
         actor=params,

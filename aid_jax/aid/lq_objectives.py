@@ -82,11 +82,9 @@ def _q_matrix(problem: LQProblem, terminal: str) -> np.ndarray:
 
 
 def _teacher_maps(problem: LQProblem) -> tuple[np.ndarray, np.ndarray]:
-    """(T_y, T_x) with T = T_y y + T_x X_0, an exact posterior sample given y (Matheron)."""
-    lmap = problem.conditional_mean_map
-    root = np.real(scipy.linalg.sqrtm(problem.world.cov))
-    t_x = (np.eye(problem.dim) - lmap @ np.diag(problem.mask)) @ root / problem.sigmas[0]
-    return lmap, t_x
+    """(T_y, T_x) with T = T_y y + T_x X_0, an exact posterior sample given y (Matheron; the one
+    definition, :attr:`LQProblem.teacher_maps`, that the learned benchmark trains against)."""
+    return problem.teacher_maps
 
 
 def terminal_target(problem: LQProblem, terminal: str) -> tuple[np.ndarray, np.ndarray]:

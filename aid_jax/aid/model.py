@@ -31,9 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax import backbones, sampling
+from aid_jax import backbones, guidance_module, sampling
 from aid_jax.aid import control, networks
 from aid_jax.methods.contract import Inpainter, InpaintResult, per_row_keys, validate_inputs
+from aid_jax.methods.primitives import MAX_COUNT
 
 __all__ = [
     "AIDConfig",
@@ -53,6 +54,8 @@ __all__ = [
 BETA_WEIGHTINGS = ("uniform", "inv_sigma2")
 OUTPUTS = ("denoiser", "denoiser_step", "drift")
 BASES = ("none", "projection")
+CHARGES = ("total", "residual")
+LPIPS_TARGETS = ("x0", "teacher")
 
 
 class AIDError(ValueError):
@@ -100,8 +103,22 @@ class AIDConfig:
             the unguided sampler (AID.md §3). ``'projection'``: the denoised estimate is first
             corrected by the measurement projection b = m⊙(y − D), i.e. μ = c(σ)·(b + n)
             (``'drift'``: μ = c(σ)·b + n), so training starts at the deterministic
-            projection sampler (DDNM with η = 0) and the module learns what it misses. The
-            running cost charges the whole μ either way.
+            projection sampler (DDNM with η = 0) and the module learns what it misses.
+        charge: What the running cost charges (docs/AID_DESIGN.md, "Warm start"). ``'total'``
+            (default): the whole action, (β/2)‖A‖²/d (AID.md §2). ``'residual'``: only the
+            learned part, (β/2)‖A − μ_ref‖²/d with μ_ref the ``base`` drift — the base is a
+            reference drift the control is measured from, so starting at the projection sampler
+            costs nothing. This changes the control problem (its optimum is the reference plus
+            the cheapest correction, not the cheapest drift); with ``base='none'`` the two agree.
+        psi_teacher: Weight of the teacher term of Ψ, ‖x − T‖²/d with T a strong sampler's output
+            started from the same X_0 (its noise derived from X_0's key; ``config.train.teacher``
+            names the sampler). A function of X_0, so its optimum keeps the dependence on X_0.
+        psi_lpips: Weight of a perceptual term of Ψ, LPIPS(x, target) on the hole
+            (``aid_jax.metrics.lpips``, net ``lpips_net``) with target ``lpips_target``
+            (``'x0'`` or ``'teacher'``).
+        critic_teacher: Whether the critic also sees the teacher's output T (privileged, like
+            ``critic_x0``; the value of a state depends on T, which the state alone does not
+            show late in the rollout). Never the deployed actor.
     """
 
     image_shape: tuple[int, int, int]
@@ -122,6 +139,12 @@ class AIDConfig:
     critic_x0: bool = False
     output: str = "denoiser"
     base: str = "none"
+    charge: str = "total"
+    psi_teacher: float = 0.0
+    psi_lpips: float = 0.0
+    lpips_target: str = "x0"
+    lpips_net: str = "alex"
+    critic_teacher: bool = False
 
     def __post_init__(self):
         shape = tuple(int(s) for s in self.image_shape)
@@ -140,11 +163,25 @@ class AIDConfig:
             raise AIDError(f"base must be one of {BASES}, got {self.base!r}")
         if self.hole_weight < 0:
             raise AIDError(f"hole_weight must be >= 0, got {self.hole_weight}")
-        if self.psi_mse < 0 or self.psi_observed < 0 or self.psi_mse + self.psi_observed <= 0:
+        weights = dict(
+            psi_mse=self.psi_mse,
+            psi_observed=self.psi_observed,
+            psi_teacher=self.psi_teacher,
+            psi_lpips=self.psi_lpips,
+        )
+        if min(weights.values()) < 0 or sum(weights.values()) <= 0:
             raise AIDError(
-                "psi_mse and psi_observed must be >= 0 with a positive sum (the terminal cost "
-                f"needs a term), got psi_mse={self.psi_mse}, psi_observed={self.psi_observed}"
+                "the terminal cost's weights must be >= 0 with a positive sum (Ψ needs a term), "
+                f"got {weights}"
             )
+        if self.charge not in CHARGES:
+            raise AIDError(f"charge must be one of {CHARGES}, got {self.charge!r}")
+        if self.lpips_target not in LPIPS_TARGETS:
+            raise AIDError(
+                f"lpips_target must be one of {LPIPS_TARGETS}, got {self.lpips_target!r}"
+            )
+        if self.lpips_net not in ("alex", "vgg"):
+            raise AIDError(f"lpips_net must be 'alex' or 'vgg', got {self.lpips_net!r}")
         if self.beta_weighting not in BETA_WEIGHTINGS:
             raise AIDError(
                 f"beta_weighting must be one of {BETA_WEIGHTINGS}, got {self.beta_weighting!r}"
@@ -156,6 +193,12 @@ class AIDConfig:
                 f"actor_channels has {levels} levels, so H and W must divide by "
                 f"{2 ** (levels - 1)}; got {h}x{w}"
             )
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether training needs the teacher's output T (a Ψ term or the critic reads it)."""
+        lpips_teacher = self.psi_lpips > 0 and self.lpips_target == "teacher"
+        return self.psi_teacher > 0 or lpips_teacher or self.critic_teacher
 
     @property
     def policy_std(self) -> float:
@@ -216,8 +259,10 @@ def critic_module(config: AIDConfig) -> networks.Critic:
     )
 
 
-def critic_inputs(x, y, mask, sigma, x0=None, sigma_data: float = networks.SIGMA_DATA):
-    """[c_in(σ)·x, y, m, m⊙(y − x) (, x0)] on channels.
+def critic_inputs(
+    x, y, mask, sigma, x0=None, sigma_data: float = networks.SIGMA_DATA, teacher=None
+):
+    """[c_in(σ)·x, y, m, m⊙(y − x) (, x0) (, T)] on channels.
 
     No D(x; σ): the pathwise actor evaluates the critic at states the denoiser never saw, and
     calling the backbone there would cost a forward pass per step (AID.md §4 keeps the backbone
@@ -229,6 +274,8 @@ def critic_inputs(x, y, mask, sigma, x0=None, sigma_data: float = networks.SIGMA
     parts = [c_in * x, y, mask, mask * (y - x)]
     if x0 is not None:
         parts.append(x0)
+    if teacher is not None:
+        parts.append(teacher)
     return jnp.concatenate(parts, axis=-1)
 
 
@@ -244,7 +291,7 @@ def init_actor(key: jax.Array, config: AIDConfig):
 
 def init_critic(key: jax.Array, config: AIDConfig):
     c = config.image_shape[2]
-    channels = 3 * c + 1 + (c if config.critic_x0 else 0)
+    channels = 3 * c + 1 + (c if config.critic_x0 else 0) + (c if config.critic_teacher else 0)
     return critic_module(config).init(key, _dummy(config, channels), jnp.ones((1,)))["params"]
 
 
@@ -266,6 +313,22 @@ def step_rate(sigma, ds_dr) -> jax.Array:
     """−(dσ/dr)/σ of the sampler's current step: the drift (dσ/dr)(x − D)/σ + rate·n equals
     (dσ/dr)(x − (D + n))/σ exactly, at every step count and Heun stage."""
     return -jnp.asarray(ds_dr, jnp.float32) / jnp.asarray(sigma, jnp.float32)
+
+
+def reference_fn(config: AIDConfig, y, mask) -> control.GuidanceMeanFn:
+    """μ_ref(k, r, σ, x, D, dσ/dr): the fixed part of the guidance (``config.base``), what
+    ``charge='residual'`` measures the control from; zeros for ``base='none'``."""
+
+    def ref(k, r, sigma, x, denoised, ds_dr):
+        del k, r, x
+        if config.base == "none":
+            return jnp.zeros_like(denoised)
+        projection = mask * (y - denoised)
+        if config.output == "denoiser_step":
+            return step_rate(sigma, ds_dr) * projection
+        return denoiser_rate(config, sigma) * projection
+
+    return ref
 
 
 def guidance_mean_fn(actor_params, config: AIDConfig, y, mask) -> control.GuidanceMeanFn:
@@ -297,16 +360,19 @@ def guidance_mean_fn(actor_params, config: AIDConfig, y, mask) -> control.Guidan
     return mu
 
 
-def value_fn(critic_params, config: AIDConfig, y, mask, x0=None):
+def value_fn(critic_params, config: AIDConfig, y, mask, x0=None, teacher=None):
     """V_ψ(k, r, σ, x) -> [B] (the network, without the −λr term of losses.value_estimates)."""
     net = critic_module(config)
     if config.critic_x0 and x0 is None:
         raise AIDError("this critic sees the ground truth (critic_x0=True): pass x0")
+    if config.critic_teacher and teacher is None:
+        raise AIDError("this critic sees the teacher's output (critic_teacher=True): pass teacher")
 
     def v(k, r, sigma, x):
         del k, r
         x0_in = x0 if config.critic_x0 else None
-        inputs = critic_inputs(x, y, mask, sigma, x0_in, config.sigma_data)
+        t_in = teacher if config.critic_teacher else None
+        inputs = critic_inputs(x, y, mask, sigma, x0_in, config.sigma_data, t_in)
         sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
         return net.apply({"params": critic_params}, inputs, sigma_b)
 
@@ -317,9 +383,11 @@ def value_fn(critic_params, config: AIDConfig, y, mask, x0=None):
 # The deployable bundle and the inpainter
 
 
+@guidance_module.register_bundle
 @dataclasses.dataclass(frozen=True)
-class AIDParams:
-    """``params`` of :func:`inpaint`: frozen backbone + trained actor, with their static configs.
+class AIDParams(guidance_module.GuidanceBundle):
+    """``params`` of :func:`inpaint`: frozen backbone + trained actor, with their static configs
+    (a pytree; ``denoise`` and ``label_dim`` from ``guidance_module.GuidanceBundle``).
 
     Attributes:
         backbone: The backbone's parameter pytree (``aid_jax.load_backbone(...).params``).
@@ -336,25 +404,17 @@ class AIDParams:
     config: AIDConfig
     backbone_sha256: str = ""
 
-    def denoise(self, x, sigma, labels=None):
-        """D(x; σ) of the frozen backbone (``labels`` ``[B, label_dim]`` or None)."""
-        return backbones.denoise(self.backbone, x, sigma, labels, config=self.backbone_config)
-
-    @property
-    def label_dim(self) -> int:
-        """The backbone's number of classes (0: unconditional)."""
-        return int(getattr(self.backbone_config, "label_dim", 0) or 0)
-
-
-jax.tree_util.register_dataclass(
-    AIDParams,
-    data_fields=["backbone", "actor"],
-    meta_fields=["backbone_config", "config", "backbone_sha256"],
-)
+    SPEC = guidance_module.BundleSpec(
+        field="actor",
+        noun="actor",
+        what="guidance module",
+        load_call="aid_jax.load",
+        config_fields="actor_channels / image channels",
+        error=AIDError,
+    )
 
 
-def _is_traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+_is_traced = guidance_module.is_traced
 
 
 @functools.lru_cache(maxsize=32)
@@ -367,37 +427,11 @@ def _actor_shapes(config: AIDConfig):
 
 def validate_params(params: AIDParams) -> None:
     """Checks that the actor fits the backbone (image shape, channels); raises :class:`AIDError`."""
-    if not isinstance(params, AIDParams):
-        raise AIDError(
-            f"params must be an AIDParams (from aid_jax.load(path)), got {type(params).__name__}"
-        )
-    bc = params.backbone_config
-    bshape = (bc.img_resolution, bc.img_resolution, bc.img_channels)
-    if tuple(params.config.image_shape) != bshape:
-        raise AIDError(
-            f"the guidance module was trained for images {params.config.image_shape} but the "
-            f"backbone makes {bshape}: load the backbone it was trained with"
-        )
-    expected = _actor_shapes(params.config)
-    got = jax.tree.map(lambda a: tuple(np.shape(a)), params.actor)
-    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
-        raise AIDError(
-            "the actor parameters do not match AIDConfig (actor_channels / image channels); "
-            "they were trained with another configuration — load them with aid_jax.load(path)"
-        )
+    guidance_module.validate_bundle(params, AIDParams, _actor_shapes)
 
 
 def _check_mask_channels(mask, channels: int):
-    if mask.shape[-1] == 1:
-        return mask
-    if mask.shape[-1] != channels:
-        raise AIDError(f"mask must have 1 or {channels} channels, got {mask.shape[-1]}")
-    if not _is_traced(mask) and not np.all(np.asarray(mask) == np.asarray(mask)[..., :1]):
-        raise AIDError(
-            "AID's guidance takes one mask per pixel (shared by all channels); this mask "
-            "differs between channels"
-        )
-    return mask[..., :1]
+    return guidance_module.one_mask_channel(mask, channels, AIDError, "AID's guidance")
 
 
 def inpaint(
@@ -452,6 +486,8 @@ def inpaint(
     steps = params.config.num_steps if num_steps is None else num_steps
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise AIDError(f"num_steps must be a positive int, got {num_steps!r}")
+    if steps > MAX_COUNT:  # O(1), before any schedule is built
+        raise AIDError(f"num_steps must be at most {MAX_COUNT:,}, got {steps}")
     # The contract's checks (shapes only under an outer jit), then AID's own: float images.
     validate_inputs(x, mask, params.config.image_shape, host_only=False, error=AIDError, name="x")
     x = jnp.asarray(x)

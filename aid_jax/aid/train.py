@@ -20,18 +20,20 @@ option); Adam for both, an EMA of the actor for evaluation and export.
 
 from __future__ import annotations
 
-import datetime
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aid_jax import backbones, checkpoint, images, masks, sharding, train_loop
+from aid_jax import backbones, checkpoint, guidance_module, images, masks, sharding, train_loop
 from aid_jax.aid import api, control, losses, model
+from aid_jax.aid import teacher as teacher_lib
 from aid_jax.data import pipeline, sources
+from aid_jax.metrics import lpips as lpips_metric
 
 # Config groups that define the run: resuming with different values is an error.
 RUN_DEFINING = (
@@ -48,6 +50,7 @@ RUN_DEFINING = (
     "train.adv_lambda",
     "train.adv_norm",
     "train.critic_warmup",
+    "train.teacher",
 )
 ACTORS = ("lr", "pathwise")
 
@@ -143,15 +146,57 @@ def init_state(config, cfg: model.AIDConfig, actor_tx, critic_tx, key):
         return build()
 
 
-def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, critic_tx):
+def make_teacher(config, cfg: model.AIDConfig):
+    """The teacher of Ψ's teacher terms (``train.teacher``), or None; an error when a teacher
+    term or the teacher-seeing critic has none, or a teacher is named without a use."""
+    spec = config.train.get("teacher", None)
+    spec = spec.to_dict() if hasattr(spec, "to_dict") else spec
+    t = teacher_lib.make_teacher(spec, cfg.schedule)
+    if cfg.uses_teacher and t is None:
+        raise ValueError(
+            "aid.psi_teacher > 0, aid.psi_lpips with lpips_target='teacher' or aid.critic_teacher "
+            "needs a teacher: set train.teacher.method (e.g. 'pigdm') and its num_steps/options"
+        )
+    if t is not None and not cfg.uses_teacher:
+        raise ValueError(
+            f"train.teacher.method={t.method!r} is set but nothing uses it: set aid.psi_teacher, "
+            "aid.psi_lpips with aid.lpips_target='teacher' or aid.critic_teacher, or clear it"
+        )
+    return t
+
+
+def lpips_fn(cfg: model.AIDConfig):
+    """``(x, target, hole) -> [B]`` LPIPS on the hole for Ψ's perceptual term, or None."""
+    if not cfg.psi_lpips:
+        return None
+    from aid_jax.vipaint.model import lpips_params  # host NumPy weights, cached per net
+
+    params, net = lpips_params(cfg.lpips_net), cfg.lpips_net
+
+    def fn(x, target, hole):
+        if x.shape[-1] not in (1, 3):
+            raise ValueError(f"LPIPS needs 1 or 3 channels, got {x.shape[-1]}")
+        return lpips_metric.lpips(params, x, target, hole, net=net)
+
+    return fn
+
+
+def make_train_step(
+    config, cfg: model.AIDConfig, backbone_config, actor_tx, critic_tx, teacher=None
+):
     """One actor–critic iteration: (state, backbone_params, x0, mask, key) -> (state, metrics).
 
     Pure; jit at the caller. With ``train.antithetic`` the batch (x0, mask) holds B/2 distinct
-    observations, each rolled out twice with policy noises ε and −ε from the same X_0.
+    observations, each rolled out twice with policy noises ε and −ε from the same X_0. With a
+    ``teacher`` (:func:`make_teacher`) the starts X_0 are the teacher's, one key per
+    observation, and its output T enters Ψ (and the critic, ``aid.critic_teacher``).
     """
     t = config.train
     if t.actor not in ACTORS:
         raise ValueError(f"train.actor must be one of {ACTORS}, got {t.actor!r}")
+    if cfg.uses_teacher and teacher is None:
+        raise ValueError("this AIDConfig needs a teacher (make_teacher(config, cfg))")
+    perceptual = lpips_fn(cfg)
     sigmas = cfg.sigmas()
     lam = cfg.lam
     per_step = cfg.beta_weighting != "uniform"
@@ -164,15 +209,23 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
         step = state["step"]
         key = jax.random.fold_in(base_key, step)
         k_init, k_policy = jax.random.split(key)
-        x_init = cfg.sigma_max * jax.random.normal(k_init, x0.shape, jnp.float32)
-        if t.antithetic:
-            x0, mask, x_init = control.pair_up((x0, mask, x_init))
-        y = mask * x0
 
         def denoise(x, sigma):
             return backbones.denoise(backbone_params, x, sigma, config=backbone_config)
 
+        if teacher is None:
+            x_init = cfg.sigma_max * jax.random.normal(k_init, x0.shape, jnp.float32)
+            target = None
+        else:  # X_0 and T from one key per observation (aid_jax.aid.teacher)
+            row_keys = jax.random.split(k_init, x0.shape[0])
+            x_init = teacher.starts(row_keys, x0.shape[1:])
+            target = teacher(denoise, mask * x0, mask, row_keys)
+        if t.antithetic:
+            x0, mask, x_init, target = control.pair_up((x0, mask, x_init, target))
+        y = mask * x0
+
         mu_fn = model.guidance_mean_fn(state["actor"], cfg, y, mask)
+        reference = model.reference_fn(cfg, y, mask) if cfg.charge == "residual" else None
         ro = control.rollout(
             denoise,
             mu_fn,
@@ -182,22 +235,29 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
             policy_std=policy_std,
             antithetic=bool(t.antithetic),
             per_step=per_step,
+            reference=reference,
         )
         weight = losses.hole_weights(mask, cfg.hole_weight)
 
-        def psi(xk):  # the terminal cost Ψ (AIDConfig.psi_mse, psi_observed)
+        def psi(xk):  # the terminal cost Ψ (AIDConfig.psi_*)
             out = jnp.zeros(xk.shape[:1], jnp.float32)
             if cfg.psi_mse:
                 out = out + cfg.psi_mse * losses.terminal_cost(xk, x0, weight)
             if cfg.psi_observed:
                 out = out + cfg.psi_observed * losses.observed_cost(xk, y, mask)
+            if cfg.psi_teacher:
+                out = out + cfg.psi_teacher * losses.terminal_cost(xk, target)
+            if cfg.psi_lpips:
+                ref = target if cfg.lpips_target == "teacher" else x0
+                hole = jnp.broadcast_to(1.0 - mask, xk.shape[:3] + (1,))
+                out = out + cfg.psi_lpips * perceptual(jnp.clip(xk, -1.0, 1.0), ref, hole)
             return out
 
         terminal = psi(ro.xs[-1])
 
         # Critic: semi-gradient TD(τ) on the rollout (AID.md §4).
         def critic_objective(cp):
-            v = model.value_fn(cp, cfg, y, mask, x0)
+            v = model.value_fn(cp, cfg, y, mask, x0, target)
             return losses.critic_loss(
                 v,
                 ro,
@@ -220,7 +280,7 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
                 mu = model.guidance_mean_fn(ap, cfg, y, mask)
                 return losses.lr_actor_loss(mu, ro, adv, step_map=t.step_map)
         else:
-            v_frozen = model.value_fn(state["critic"], cfg, y, mask, x0)
+            v_frozen = model.value_fn(state["critic"], cfg, y, mask, x0, target)
 
             def actor_objective(ap):
                 mu = model.guidance_mean_fn(ap, cfg, y, mask)
@@ -257,7 +317,14 @@ def make_train_step(config, cfg: model.AIDConfig, backbone_config, actor_tx, cri
         hole_mse = jnp.sum(jnp.square(ro.xs[-1] - x0) * hole) / jnp.maximum(
             jnp.sum(hole) * x0.shape[-1], 1.0
         )
+        extra = {}
+        if target is not None:
+            extra["teacher_mse_hole"] = jnp.sum(jnp.square(target - x0) * hole) / jnp.maximum(
+                jnp.sum(hole) * x0.shape[-1], 1.0
+            )
+            extra["terminal_teacher_mse"] = jnp.mean(jnp.square(ro.xs[-1] - target))
         metrics = dict(
+            **extra,
             critic_loss=c_loss,
             actor_loss=a_loss,
             delta_mean=jnp.mean(deltas),
@@ -342,6 +409,8 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         )
     sha = backbone.params_sha256
 
+    teacher = make_teacher(config, cfg)  # before anything compiles: bad names fail here
+
     # ------------------------------------------------------------------ networks, optimisers
     actor_tx, critic_tx = make_optimizers(config)
     root = jax.random.key(int(config.seed))
@@ -358,29 +427,62 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     val_x0, val_mask = validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
-    summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None)
+    net = config.get("metrics", {}).get("lpips", "") if "metrics" in config else ""
+    lpips = lpips_metric.LPIPS.load(net, batch_size=len(val_x0)) if net else None
+    # Selection (issue 16): by LPIPS on the hole (hole MSE rewards the blur of the conditional
+    # mean); only runs without LPIPS (the smoke configs) fall back to hole MSE.
+    select = "val_lpips_hole" if lpips is not None else "val_mse_hole"
+    summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None, select=select)
+
+    def val_metrics(actor):
+        x_val, mse = validate(backbone_params, actor, val_x0_d, val_mask_d, val_key)
+        x_val = np.asarray(x_val)
+        out = {"val_mse_hole": float(np.mean(np.asarray(mse)))}
+        if lpips is not None:
+            x_in = np.clip(x_val, -1.0, 1.0)
+            out["val_lpips_hole"] = float(np.mean(lpips(x_in, val_x0, 1.0 - val_mask)))
+        return x_val, out
+
+    def keep_best(workdir, step, actor, metrics):
+        """``<workdir>/best``: the best validated EMA actor so far (an export folder for
+        aid_jax.load), the zero network of the start included, so the selected module is never
+        worse on validation than the start."""
+        best = pathlib.Path(workdir) / "best"
+        record = best / "best.json"
+        if record.is_file():
+            prev = json.loads(record.read_text())
+            if prev.get("select") == select and prev["value"] <= metrics[select]:
+                return
+        tmp = pathlib.Path(workdir) / "best.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        checkpoint.save_pytree(tmp / "actor", jax.tree.map(np.asarray, actor))
+        write_run_manifest(tmp, cfg, config, sha)
+        info = dict(select=select, value=metrics[select], step=int(step), **metrics)
+        (tmp / "best.json").write_text(json.dumps(info, indent=1) + "\n")
+        if best.exists():
+            shutil.rmtree(best)
+        tmp.rename(best)  # whole or not at all
+        summary["best"] = info
 
     def on_start(state, writer):
         write_run_manifest(writer.workdir, cfg, config, sha)
         # The zero network: the unguided sampler (aid.base = "none") or the projection sampler.
         zero_actor = jax.tree.map(jnp.zeros_like, state["actor"])
-        _, init_mse = validate(backbone_params, zero_actor, val_x0_d, val_mask_d, val_key)
-        summary["val_mse_hole_init"] = float(np.mean(np.asarray(init_mse)))
+        _, init = val_metrics(zero_actor)
+        summary["val_mse_hole_init"] = init["val_mse_hole"]
+        summary["init"] = init
+        keep_best(writer.workdir, 0, zero_actor, init)
 
-    def on_step(step, state, writer):  # validation grids and MSE every eval_every steps
+    def on_step(step, state, writer):  # validation grids and metrics every eval_every steps
         if (t.eval_every and step % int(t.eval_every) == 0) or step == int(t.num_steps):
-            x_val, mse = validate(
-                backbone_params, state["actor_ema"], val_x0_d, val_mask_d, val_key
-            )
-            summary["val_mse_hole"] = float(np.mean(np.asarray(mse)))
-            writer.write_scalars(
-                step,
-                {
-                    "val_mse_hole": summary["val_mse_hole"],
-                    "val_mse_hole_init": summary["val_mse_hole_init"],
-                },
-            )
-            _write_grid(writer, step, val_x0, val_mask, np.asarray(x_val))
+            x_val, metrics = val_metrics(state["actor_ema"])
+            summary["val_mse_hole"] = metrics["val_mse_hole"]
+            scalars = dict(metrics, **{f"{k}_init": v for k, v in summary["init"].items()})
+            writer.write_scalars(step, scalars)
+            _write_grid(writer, step, val_x0, val_mask, x_val)
+            keep_best(writer.workdir, step, state["actor_ema"], metrics)
 
     return train_loop.Trainer(
         name="train AID",
@@ -388,7 +490,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         run_defining=RUN_DEFINING,
         mesh=mesh,
         init_state=lambda: init_state(config, cfg, actor_tx, critic_tx, init_key),
-        step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx),
+        step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx, teacher),
         inputs_at=inputs_at,
         loss="critic_loss",
         parameters=lambda state: dict(actor=state["actor"], critic=state["critic"]),
@@ -401,8 +503,10 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
 
 
 def train(config, workdir: str) -> dict:
-    """Train (or resume) AID in ``workdir``; returns the final state and a summary."""
-    return train_loop.run(make_trainer(config, sharding.make_mesh()), workdir)
+    """Train (or resume) AID in ``workdir``; returns the final state and a summary. The
+    workdir is checked and locked before the backbone and data load (one writer per workdir)."""
+    with train_loop.workdir_lock(workdir):
+        return train_loop.run(make_trainer(config, sharding.make_mesh()), workdir)
 
 
 def _write_grid(writer, step, x0, mask, x, num: int = 8):
@@ -420,31 +524,16 @@ def _write_grid(writer, step, x0, mask, x, num: int = 8):
 
 
 def write_run_manifest(directory: pathlib.Path, cfg: model.AIDConfig, config, sha: str) -> None:
-    manifest = dict(
-        format="aid_jax-guidance",
-        format_version=1,
-        aid_config=cfg.to_dict(),
-        backbone=api.backbone_record(config.backbone.to_dict(), sha, directory),
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-    )
-    (directory / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    """``<directory>/aid_config.json``: the AIDConfig, the backbone record, the parameter count,
+    the data and the date (``guidance_module.write_run_manifest``)."""
+    guidance_module.write_run_manifest(directory, api.KIND, cfg, config, sha)
 
 
 def export(workdir: str, out: str) -> pathlib.Path:
     """Write the EMA actor of the newest checkpoint in ``workdir`` as ``out/actor`` (Orbax) plus
-    ``out/aid_config.json``; ``aid_jax.load(out)`` reads it."""
-    params, manifest = api.load_actor(workdir)
-    out = pathlib.Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose a new folder")
-    out.mkdir(parents=True)
-    checkpoint.save_pytree(out / "actor", params)
-    # Re-anchor the backbone's relative path at the export (found from the workdir first).
-    found = api.find_recorded_backbone(manifest.get("backbone", {}), pathlib.Path(workdir))
-    if found is not None:
-        manifest["backbone"] = api.anchor_backbone_path(manifest["backbone"], found, out)
-    (out / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-    return out
+    ``out/aid_config.json`` and a README.md (``guidance_module.export``: step, data, validation
+    metrics, parameter counts; movable); ``aid_jax.load(out)`` reads it."""
+    return guidance_module.export(workdir, out, api.KIND)
 
 
 __all__ = [

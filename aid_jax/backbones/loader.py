@@ -138,10 +138,12 @@ def denoise(
 ) -> jax.Array:
     """D(x; σ): x [B, H, W, C] float32 NHWC, sigma [B] (or scalar), labels [B, label_dim] or None.
 
-    Shapes are checked at trace time, so the checks cost nothing under `jax.jit`.
-    `compute_dtype` (float32 or bfloat16) is the dtype inside the network body; the
-    preconditioning and D are float32 either way.
+    Shapes are checked at trace time, so the checks cost nothing under `jax.jit`; so is `params`
+    against `config` (`check_params`: names and shapes, the first mismatch named), which every
+    caller passes through. `compute_dtype` (float32 or bfloat16) is the dtype inside the network
+    body; the preconditioning and D are float32 either way.
     """
+    check_params(params, config)
     res, ch, label_dim = _io_dims(config)
     if x.ndim != 4 or x.shape[1:] != (res, res, ch):
         raise BackboneError(
@@ -432,15 +434,51 @@ def load_ported(directory: str | os.PathLike) -> Backbone:
 
 def _check_params(params, config: Config, source) -> None:
     """Restored params must have exactly the structure and shapes the manifest's config implies."""
+    mismatch = _first_mismatch(params, config)
+    if mismatch is not None:
+        raise BackboneError(
+            f"{source}: {mismatch} for the architecture in the manifest. The folder is "
+            "inconsistent; port the source again."
+        )
+
+
+def check_params(params, config: Config, name: str = "backbone params") -> None:
+    """``params`` must be the parameter tree ``config`` describes: the same names (nested
+    dicts) and shapes. Else ``BackboneError`` naming the first mismatch (a missing, unexpected or
+    differently shaped parameter, in the architecture's order). Static (names and shapes only),
+    so it also runs on traced parameters, at trace time."""
+    mismatch = _first_mismatch(params, config)
+    if mismatch is not None:
+        res, ch, label_dim = _io_dims(config)
+        arch = f"{class_name(config)} {res}x{res}x{ch}" + (
+            f", {label_dim} classes" if label_dim else ""
+        )
+        raise BackboneError(
+            f"{name} do not fit the backbone config ({arch}, "
+            f"{len(dict(_flatten(param_shapes(config))))} tensors): {mismatch}. Pass the "
+            "parameters of the network the config describes (Backbone.params, or "
+            "backbones.init_params(key, config))."
+        )
+
+
+def _first_mismatch(params, config: Config) -> str | None:
+    """How ``params`` first differs from ``param_shapes(config)`` (names, then shapes), or None."""
+    if not isinstance(params, Mapping):
+        return f"got {type(params).__name__} {params!r:.60}, expected a nested dict of arrays"
     expected = dict(_flatten(param_shapes(config)))
-    found = {k: tuple(np.shape(v)) for k, v in _flatten(params)}
-    for key in expected.keys() | found.keys():
-        if expected.get(key) != found.get(key):
-            raise BackboneError(
-                f"{source}: parameter {key} has shape {found.get(key, 'missing')}, expected "
-                f"{expected.get(key, 'absent')} for the architecture in the manifest. The folder "
-                "is inconsistent; port the source again."
-            )
+    found = dict(_flatten(params))
+    if not found:
+        return "got an empty tree"
+    for key, shape in expected.items():
+        if key not in found:
+            return f"parameter {key} is missing"
+        got = tuple(np.shape(found[key]))
+        if got != tuple(shape):
+            return f"parameter {key} has shape {got}, expected {tuple(shape)}"
+    for key in found:
+        if key not in expected:
+            return f"parameter {key} is not part of this architecture (unexpected)"
+    return None
 
 
 def _flatten(tree, prefix=""):

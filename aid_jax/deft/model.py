@@ -38,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax import backbones, sampling
+from aid_jax import backbones, guidance_module, sampling
 from aid_jax.deft import networks
 from aid_jax.methods.contract import Inpainter, InpaintResult, per_row_keys, validate_inputs
+from aid_jax.methods.primitives import MAX_COUNT
 
 __all__ = [
     "GATE_UNITS",
@@ -329,6 +330,8 @@ def _check_sampler(solver, num_steps, grid, S_churn, S_min, S_max, S_noise) -> N
         raise DEFTError(f"solver must be one of {sampling.SOLVERS}, got {solver!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
         raise DEFTError(f"num_steps must be a positive int, got {num_steps!r}")
+    if num_steps > MAX_COUNT:  # O(1), before any schedule is built
+        raise DEFTError(f"num_steps must be at most {MAX_COUNT:,}, got {num_steps}")
     if grid not in GRIDS:
         raise DEFTError(f"grid must be one of {GRIDS}, got {grid!r}")
     try:  # the churn options' rules are SamplerConfig's
@@ -402,9 +405,11 @@ def sample(
 # The deployable bundle and the inpainter
 
 
+@guidance_module.register_bundle
 @dataclasses.dataclass(frozen=True)
-class DEFTParams:
-    """``params`` of :func:`inpaint`: frozen backbone + trained h-network, with static configs.
+class DEFTParams(guidance_module.GuidanceBundle):
+    """``params`` of :func:`inpaint`: frozen backbone + trained h-network, with static configs
+    (a pytree; ``denoise`` and ``label_dim`` from ``guidance_module.GuidanceBundle``).
 
     Attributes:
         backbone: The backbone's parameter pytree.
@@ -421,20 +426,14 @@ class DEFTParams:
     config: DEFTConfig
     backbone_sha256: str = ""
 
-    def denoise(self, x, sigma, labels=None):
-        """D(x; σ) of the frozen backbone (``labels`` ``[B, label_dim]`` or None)."""
-        return backbones.denoise(self.backbone, x, sigma, labels, config=self.backbone_config)
-
-    @property
-    def label_dim(self) -> int:
-        return int(getattr(self.backbone_config, "label_dim", 0) or 0)
-
-
-jax.tree_util.register_dataclass(
-    DEFTParams,
-    data_fields=["backbone", "hnet"],
-    meta_fields=["backbone_config", "config", "backbone_sha256"],
-)
+    SPEC = guidance_module.BundleSpec(
+        field="hnet",
+        noun="h-network",
+        what="DEFT h-network",
+        load_call="aid_jax.deft.api.load",
+        config_fields="channels / emb_dim / gate widths / image channels",
+        error=DEFTError,
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -447,43 +446,14 @@ def _hnet_shapes(config: DEFTConfig):
 def validate_params(params: DEFTParams) -> None:
     """The h-network fits the backbone (image shape) and its config (widths); else
     :class:`DEFTError`. Host-side, before anything compiles."""
-    if not isinstance(params, DEFTParams):
-        raise DEFTError(
-            "params must be a DEFTParams (from aid_jax.deft.api.load(path)), got "
-            f"{type(params).__name__}"
-        )
-    bc = params.backbone_config
-    bshape = (bc.img_resolution, bc.img_resolution, bc.img_channels)
-    if tuple(params.config.image_shape) != bshape:
-        raise DEFTError(
-            f"the DEFT h-network was trained for images {params.config.image_shape} but the "
-            f"backbone makes {bshape}: load the backbone it was trained with"
-        )
-    expected = _hnet_shapes(params.config)
-    got = jax.tree.map(lambda a: tuple(np.shape(a)), params.hnet)
-    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
-        raise DEFTError(
-            "the h-network parameters do not match DEFTConfig (channels / emb_dim / gate widths "
-            "/ image channels); they were trained with another configuration — load them with "
-            "aid_jax.deft.api.load(path)"
-        )
+    guidance_module.validate_bundle(params, DEFTParams, _hnet_shapes)
 
 
-def _is_traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+_is_traced = guidance_module.is_traced
 
 
 def _one_mask_channel(mask, channels: int):
-    if mask.shape[-1] == 1:
-        return mask
-    if mask.shape[-1] != channels:
-        raise DEFTError(f"mask must have 1 or {channels} channels, got {mask.shape[-1]}")
-    if not _is_traced(mask) and not np.all(np.asarray(mask) == np.asarray(mask)[..., :1]):
-        raise DEFTError(
-            "DEFT takes one mask per pixel (shared by all channels); this mask differs between "
-            "channels"
-        )
-    return mask[..., :1]
+    return guidance_module.one_mask_channel(mask, channels, DEFTError, "DEFT")
 
 
 def inpaint(

@@ -21,8 +21,6 @@ warm-up min(β, 1 − (1 + s)^(−2/3)), the official code's EMA.
 
 from __future__ import annotations
 
-import datetime
-import json
 import pathlib
 
 import jax
@@ -30,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aid_jax import backbones, checkpoint, images, sharding, train_loop
+from aid_jax import backbones, checkpoint, guidance_module, images, sharding, train_loop
 from aid_jax.aid.train import mask_specs, masks_at, validation_set
 from aid_jax.data import sources
 from aid_jax.deft import api, losses, model
@@ -270,8 +268,10 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
 
 
 def train(config, workdir: str) -> dict:
-    """Train (or resume) DEFT in ``workdir``; returns the final state and a summary."""
-    return train_loop.run(make_trainer(config, sharding.make_mesh()), workdir)
+    """Train (or resume) DEFT in ``workdir``; returns the final state and a summary. The
+    workdir is checked and locked before the backbone and data load (one writer per workdir)."""
+    with train_loop.workdir_lock(workdir):
+        return train_loop.run(make_trainer(config, sharding.make_mesh()), workdir)
 
 
 def _write_grid(writer, step, x0, mask, x, num: int = 8):
@@ -290,33 +290,15 @@ def _write_grid(writer, step, x0, mask, x, num: int = 8):
 
 def write_run_manifest(directory: pathlib.Path, cfg: model.DEFTConfig, config, sha: str) -> None:
     """``<directory>/deft_config.json``: the DEFTConfig, the backbone record, the parameter
-    count and the date."""
-    hnet = jax.eval_shape(lambda: model.init_hnet(jax.random.key(0), cfg))
-    manifest = dict(
-        format=api.FORMAT,
-        format_version=1,
-        deft_config=cfg.to_dict(),
-        backbone=api.backbone_record(config.backbone.to_dict(), sha, directory),
-        hnet_params=int(sum(np.prod(a.shape) for a in jax.tree.leaves(hnet))),
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-    )
-    (pathlib.Path(directory) / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    count, the data and the date (``guidance_module.write_run_manifest``)."""
+    guidance_module.write_run_manifest(directory, api.KIND, cfg, config, sha)
 
 
 def export(workdir: str, out: str) -> pathlib.Path:
     """Write the EMA h-network of the newest checkpoint in ``workdir`` as ``out/hnet`` (Orbax)
-    plus ``out/deft_config.json``; ``aid_jax.deft.api.load(out)`` reads it."""
-    params, manifest = api.load_hnet(workdir)
-    out = pathlib.Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose a new folder")
-    out.mkdir(parents=True)
-    checkpoint.save_pytree(out / "hnet", params)
-    found = api.find_recorded_backbone(manifest.get("backbone", {}), pathlib.Path(workdir))
-    if found is not None:
-        manifest["backbone"] = api.anchor_backbone_path(manifest["backbone"], found, out)
-    (out / api.STATE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-    return out
+    plus ``out/deft_config.json`` and a README.md (``guidance_module.export``: step, data,
+    validation metrics, parameter counts; movable); ``aid_jax.deft.api.load(out)`` reads it."""
+    return guidance_module.export(workdir, out, api.KIND)
 
 
 def evaluation_config(config, workdir: str):

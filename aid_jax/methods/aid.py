@@ -45,7 +45,7 @@ def _training_steps(checkpoint):
 def cost(checkpoint, num_steps, solver, paste_back) -> tuple[int, int]:
     _check_checkpoint(checkpoint)
     steps = _training_steps(checkpoint) if num_steps is None else num_steps
-    prim.check_int("num_steps", steps)
+    prim.check_int("num_steps", steps, hi=prim.MAX_COUNT)
     if not isinstance(paste_back, bool):
         raise ValueError(f"paste_back must be True or False, got {paste_back!r}")
     return control.controlled_nfe(int(steps), solver), 0

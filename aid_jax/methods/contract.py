@@ -17,7 +17,16 @@ inputs are checked, and what a built (jitted) inpainter is.
 * :class:`Resources` — what a method that loads its own parameters (AID) may use.
 
 Conventions: NHWC images in [-1, 1] (σ_data = 0.5), masks ``[B|1, H, W, 1|C]`` with 1 = known
-pixel; values in the hole are never read.
+pixel; values in the hole are never read; a batch holds at least one image (B = 0 is refused).
+
+The dtype policy, the same for every method and entry point (enforced by :func:`validate_inputs`):
+
+* images ``y``: float32, float16, bfloat16 or float64 are accepted and converted to float32 (by
+  :class:`Inpainter` before its jitted core, and by every method's own ``prepare``); integer
+  images (uint8, int32, ...) are refused — scale them to [-1, 1] first (uint8:
+  ``x / 127.5 - 1``); bool, complex and other float formats (float8, ...) are refused;
+* masks: bool, any integer, or one of the float dtypes above, with values exactly 0 or 1;
+* outputs (``InpaintResult.x``) are float32.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from aid_jax import masks as mask_lib
 from aid_jax.sampling import DenoiseFn
 
 __all__ = [
+    "IMAGE_DTYPES",
     "RANGE_TOL",
     "DenoiseFn",
     "InpaintResult",
@@ -42,6 +52,7 @@ __all__ = [
     "Resources",
     "check_key",
     "check_labels",
+    "float32_images",
     "key_rows",
     "per_row_keys",
     "validate_inputs",
@@ -50,6 +61,9 @@ __all__ = [
 
 # Tolerance of validate_inputs on the value range.
 RANGE_TOL = 1e-3
+
+# The image dtypes every method accepts (converted to float32); see the module docstring.
+IMAGE_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float16, jnp.bfloat16, np.float64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +93,25 @@ jax.tree_util.register_dataclass(
 def _check_structure(y, mask, image_shape, single_mask: bool, name: str, error) -> None:
     """Shapes and dtypes only: they are static, so traced arrays get these checks too."""
     y_dtype, m_dtype = np.dtype(y.dtype), np.dtype(mask.dtype)
-    if y_dtype.kind == "b" or not (
-        np.issubdtype(y_dtype, np.floating) or np.issubdtype(y_dtype, np.integer)
-    ):
-        raise error(f"{name} must be a real-valued image array, got dtype {y_dtype}")
+    if y_dtype not in IMAGE_DTYPES:
+        accepted = ", ".join(map(str, IMAGE_DTYPES))
+        if y_dtype.kind in "iu":
+            raise error(
+                f"{name} has integer dtype {y_dtype}; images must be floats in [-1, 1] "
+                f"({accepted}): scale them first, e.g. uint8 -> x / 127.5 - 1"
+            )
+        raise error(
+            f"{name} must be a real-valued image array of a float dtype ({accepted}; converted "
+            f"to float32), got dtype {y_dtype}"
+        )
     if y.ndim != 4:
         raise error(
             f"{name} must be a batch of NHWC images [B, H, W, C], got shape {tuple(y.shape)}; "
             f"add a batch axis ({name}[None]) for a single image"
         )
     b, h, w, c = y.shape
+    if b == 0:
+        raise error(f"{name} is an empty batch (shape {tuple(y.shape)}); give at least one image")
     if image_shape is not None:
         want = tuple(int(s) for s in image_shape)
         if (h, w, c) != want:
@@ -107,12 +130,11 @@ def _check_structure(y, mask, image_shape, single_mask: bool, name: str, error) 
         raise error(
             f"mask has {mask.shape[3]} channels; expected 1 (shared by all channels) or {c}"
         )
-    if not (
-        m_dtype.kind == "b"
-        or np.issubdtype(m_dtype, np.floating)
-        or np.issubdtype(m_dtype, np.integer)
-    ):
-        raise error(f"mask must be numeric or bool, got dtype {m_dtype}")
+    if not (m_dtype.kind == "b" or m_dtype in IMAGE_DTYPES or np.issubdtype(m_dtype, np.integer)):
+        raise error(
+            f"mask must be numeric or bool (an integer dtype or "
+            f"{', '.join(map(str, IMAGE_DTYPES))}), got dtype {m_dtype}"
+        )
 
 
 def validate_inputs(
@@ -128,13 +150,15 @@ def validate_inputs(
 ) -> None:
     """Checks an inpainting call's inputs; raises ``error`` (a ``ValueError``) saying what to fix.
 
-    The rules, in order: ``y`` (called ``name`` in messages) is a real ``[B, H, W, C]`` array;
-    its images have shape ``image_shape`` (H, W, C) if given; ``mask`` is ``[B, H, W, 1|C]``
-    (or ``[1, H, W, 1|C]`` for all images when ``single_mask``) and numeric or bool; then, on
-    concrete values: the mask is finite, binary (0 = hole, 1 = known) and every image has at
-    least one hole pixel and one observed pixel (:func:`aid_jax.masks.validate_mask`); ``y``'s
-    observed pixels are finite and, unless ``value_range`` is None (e.g. latents), inside it
-    (tolerance ``RANGE_TOL``). Values in the hole are never read.
+    The rules, in order: ``y`` (called ``name`` in messages) is a ``[B, H, W, C]`` array of a
+    float dtype of :data:`IMAGE_DTYPES` (integer images are refused: the dtype policy of the
+    module docstring) with B >= 1; its images have shape ``image_shape`` (H, W, C) if given;
+    ``mask`` is ``[B, H, W, 1|C]`` (or ``[1, H, W, 1|C]`` for all images when ``single_mask``)
+    and numeric or bool; then, on concrete values: the mask is finite, binary (0 = hole,
+    1 = known) and every image has at least one hole pixel and one observed pixel
+    (:func:`aid_jax.masks.validate_mask`); ``y``'s observed pixels are finite and, unless
+    ``value_range`` is None (e.g. latents), inside it (tolerance ``RANGE_TOL``). Values in the
+    hole are never read.
 
     Args:
         y: The observed images.
@@ -158,6 +182,8 @@ def validate_inputs(
     _check_structure(yv, mv, image_shape, single_mask, name, error)
     if traced:
         return
+    if mv.dtype == jnp.bfloat16:  # a float of the policy NumPy's checks do not know; 0/1 exact
+        mv = mv.astype(np.float32)
     try:
         mv = mask_lib.validate_mask(mv, yv.shape, name="mask", per_channel=True)
     except ValueError as e:
@@ -179,6 +205,15 @@ def validate_inputs(
             f"observed pixels of {name} span [{lo:.4g}, {hi:.4g}]; images must be in "
             f"[{lo_ok:g}, {hi_ok:g}] (e.g. uint8 -> x / 127.5 - 1)"
         )
+
+
+def float32_images(y):
+    """``y`` (checked by :func:`validate_inputs`) as float32: the dtype policy's conversion.
+    A ``jax.Array`` stays one (its sharding kept), anything else becomes a NumPy array; float32
+    inputs are returned as they are."""
+    if isinstance(y, jax.Array):
+        return y if y.dtype == jnp.float32 else y.astype(jnp.float32)
+    return np.asarray(y, np.float32)
 
 
 def key_rows(key) -> int | None:
@@ -291,7 +326,7 @@ class Inpainter:
     """A method built for one backbone and one set of options (``registry.make_inpainter``).
 
     Calling it, ``fn(params, y, mask, key, labels=None) -> InpaintResult``, runs the host checks
-    (:func:`validate_inputs` with ``image_shape``, :func:`check_key`,
+    (:func:`validate_inputs` with ``image_shape``, then ``y`` as float32, :func:`check_key`,
     ``backbones.prepare_labels``: labels as class ids ``[B]`` or one int, or one-hot rows
     ``[B, label_dim]``) and then the jitted core, which compiles once per input
     shapes/dtypes/shardings (labels are traced: new labels never recompile). ``key`` is one PRNG
@@ -333,6 +368,7 @@ class Inpainter:
 
     def __call__(self, params, y, mask, key, labels=None) -> InpaintResult:
         validate_inputs(y, mask, self.image_shape)
+        y = float32_images(y)  # the dtype policy: one compiled program for every float dtype
         check_key(key, rows=np.shape(y)[0])
         labels = backbones.prepare_labels(labels, self.label_dim, np.shape(y)[0])
         return self.jitted(params, y, mask, key, labels)

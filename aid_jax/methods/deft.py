@@ -2,9 +2,11 @@
 method.
 
 Like ``aid`` it brings its own parameters: option ``checkpoint`` names a DEFT training workdir
-or export folder (``aid_jax.deft.api.load``), or is an already loaded ``DEFTParams``; it is
-loaded against ``Resources.backbone`` when one is given (its ``params_sha256`` must match the
-recorded one), placed with ``Resources.place`` and cached in ``Resources.cache``. Every EDM
+or export folder (``aid_jax.deft.api.load``; a relative path that does not exist here is looked
+up under the project's root, e.g. ``ported_weights/<name>``), or is an already loaded
+``DEFTParams``; it is loaded against ``Resources.backbone`` when one is given (its
+``params_sha256`` must match the recorded one), placed with ``Resources.place`` and cached in
+``Resources.cache``. Every EDM
 sampler: ``solver`` Euler (NFE K) or Heun (NFE 2K − 1), EDM's churn (``S_churn``, ``S_min``,
 ``S_max``, ``S_noise``), ``grid`` the config's ρ-schedule (``"edm"``) or the official DDIM grid
 (``"vp_ddim"``); each NFE is one backbone and one h-network forward, no backward pass.
@@ -57,7 +59,7 @@ def cost(checkpoint, num_steps, solver, grid, S_churn, S_min, S_max, S_noise, pa
                 "it is loaded; give num_steps (or a DEFTParams as checkpoint)"
             )
         num_steps = config.num_steps
-    prim.check_int("num_steps", num_steps)
+    prim.check_int("num_steps", num_steps, hi=prim.MAX_COUNT)
     if grid not in ("edm", "vp_ddim"):
         raise ValueError(f"grid must be 'edm' or 'vp_ddim', got {grid!r}")
     if grid == "vp_ddim" and num_steps > 1000:
@@ -77,6 +79,7 @@ def cost(checkpoint, num_steps, solver, grid, S_churn, S_min, S_max, S_noise, pa
 
 def _load(checkpoint, resources: Resources):
     """The placed ``DEFTParams`` of ``checkpoint`` (path or DEFTParams), loaded once per cache."""
+    from aid_jax import guidance_module
     from aid_jax.deft import api, model  # Flax and Orbax: loaded on first use
 
     _check_checkpoint(checkpoint)
@@ -87,12 +90,13 @@ def _load(checkpoint, resources: Resources):
     if cache_key not in resources.cache:
         bundle = checkpoint
         if not isinstance(checkpoint, model.DEFTParams):
-            if not os.path.isdir(checkpoint):
+            path = guidance_module.module_path(checkpoint)  # ported_weights/<name> from anywhere
+            if not path.is_dir():
                 raise ValueError(
                     f"method 'deft': options.checkpoint={os.fspath(checkpoint)!r}: no such DEFT "
                     "workdir or export folder (train one with --config.mode=train_deft)"
                 )
-            bundle = api.load(checkpoint, backbone=resources.backbone)
+            bundle = api.load(path, backbone=resources.backbone)
         model.validate_params(bundle)
         resources.cache[cache_key] = (checkpoint, resources.place(bundle))  # keeps the id alive
     return resources.cache[cache_key][1]

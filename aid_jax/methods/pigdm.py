@@ -22,7 +22,7 @@ def cost(num_steps, eta, w, sigma_y, sigma_data, form, schedule) -> tuple[int, i
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     prim.check_range("eta", eta, 0.0, 1.0)
-    prim.check_range("w", w, -math.inf, math.inf)
+    prim.check_nonneg("w", w)  # the guidance weight: 0 = none, negative pushes away from y
     prim.check_nonneg("sigma_y", sigma_y)
     if form != "paper" and sigma_y != 0:
         # RED-diff's ΠGDM has no σ_y term: a measurement-noise level would be silently ignored.

@@ -10,6 +10,12 @@ x = sigma_max·n with n = normal(k_init); step (or schedule entry) i draws its n
 ``fold_in(k_steps, i)`` (:func:`noise`). The σ grid is ``schedule.sigmas(num_steps)`` of the
 method's ``schedule`` option, a ``sampling.EDMSchedule`` (sigma_0 = sigma_max, ...,
 sigma_{N-1} = sigma_min, sigma_N = 0); :data:`SCHEDULE` (EDM's) is every method's default.
+
+Size limits: every count option (:data:`SIZE_OPTIONS`: step counts, jump lengths and repeats,
+samples, iterations) is at most :data:`MAX_COUNT` (10,000), and a time-travel schedule has at
+most :data:`MAX_SCHEDULE` (1,000,000) entries (its length in closed form,
+:func:`time_travel_size`). Both are checked in O(1), before any schedule, grid or buffer is built
+(``registry.merge_options`` for every method, and each method's own option checks).
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ from aid_jax import sampling
 from aid_jax.methods.contract import DenoiseFn, check_labels, with_labels
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_SCHEDULE",
     "SCHEDULE",
+    "SIZE_OPTIONS",
     "call",
     "check_bool",
     "check_grid",
     "check_int",
+    "check_max",
     "check_nonneg",
     "check_range",
     "check_schedule",
+    "check_sizes",
     "clip_data",
     "ddim_coeffs",
     "ddim_step",
@@ -46,10 +57,27 @@ __all__ = [
     "setup",
     "step_xs",
     "time_travel_schedule",
+    "time_travel_size",
 ]
 
 # Every method's default ``schedule`` option: EDM's (sigma_min 0.002, sigma_max 80, rho 7).
 SCHEDULE = sampling.EDMSchedule()
+
+# The documented maxima of the size options (see the module docstring).
+MAX_COUNT = 10_000  # any count option: num_steps, jump lengths and repeats, samples, ...
+MAX_SCHEDULE = 1_000_000  # entries of a time-travel schedule (RePaint, DDNM+)
+SIZE_OPTIONS = (
+    "num_steps",
+    "jump_length",
+    "jump_n_sample",
+    "travel_length",
+    "travel_repeat",
+    "samples_per_fit",
+    "num_iters",
+    "num_mc",
+    "lr_decay_every",
+    "prior_grid_intervals",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,13 +143,12 @@ def time_travel_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: i
 
     Returns:
         int32 NumPy array ``[E + 1]`` from 0 to ``num_steps``.
+
+    Raises:
+        ValueError: an argument is not an int in [1, :data:`MAX_COUNT`], or the schedule would
+            have more than :data:`MAX_SCHEDULE` entries (checked in O(1) before it is built).
     """
-    for name, v in (
-        ("num_steps", num_steps),
-        ("jump_length", jump_length),
-        ("jump_n_sample", jump_n_sample),
-    ):
-        check_int(name, v)
+    time_travel_size(num_steps, jump_length, jump_n_sample)
     remaining = {j: jump_n_sample - 1 for j in range(0, num_steps - jump_length, jump_length)}
     t = num_steps - 1
     ts = [t]
@@ -136,13 +163,61 @@ def time_travel_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: i
     return (num_steps - 1 - np.asarray(ts)).astype(np.int32)
 
 
+def time_travel_size(num_steps: int, jump_length: int, jump_n_sample: int) -> tuple[int, int]:
+    """``(entries, down_steps)`` of :func:`time_travel_schedule` in O(1), after checking its
+    arguments and the limits (``ValueError``).
+
+    With J = #jump points = len(range(0, N - L, L)) and U = J (r - 1) L up-steps (each jump
+    point is revisited r - 1 times, L steps up and L down): entries = N + 2U + 1, down-steps
+    = N + U (the NFE).
+    """
+    for name, v in (
+        ("num_steps", num_steps),
+        ("jump_length", jump_length),
+        ("jump_n_sample", jump_n_sample),
+    ):
+        check_int(name, v, hi=MAX_COUNT)
+    n, length, r = int(num_steps), int(jump_length), int(jump_n_sample)
+    up = len(range(0, n - length, length)) * (r - 1) * length
+    entries = n + 2 * up + 1
+    if entries > MAX_SCHEDULE:
+        raise ValueError(
+            f"a time-travel schedule with num_steps={n}, jump length {length} and {r} visits per "
+            f"jump point has {entries:,} entries, above the maximum {MAX_SCHEDULE:,} "
+            "(aid_jax.methods.primitives.MAX_SCHEDULE); use fewer steps, jumps or repeats"
+        )
+    return entries, n + up
+
+
 # ---------------------------------------------------------------------------------------------
 # Option checks and costs (host side, static)
 
 
-def check_int(name: str, v, lo: int = 1) -> None:
+def check_int(name: str, v, lo: int = 1, hi: int | None = None) -> None:
+    """An int (not bool) >= ``lo`` and, if ``hi`` is given, <= ``hi``; else ``ValueError``."""
     if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if hi is not None:
+        check_max(name, v, hi)
+
+
+def check_max(name: str, v, hi: int = MAX_COUNT) -> None:
+    """O(1) upper bound of a size option: an int (not bool) above ``hi`` is a ``ValueError``
+    naming the option and the limit; other values are left to the option's own checks."""
+    if isinstance(v, int | np.integer) and not isinstance(v, bool) and v > hi:
+        limit = " (aid_jax.methods.primitives.MAX_COUNT)" if hi == MAX_COUNT else ""
+        raise ValueError(
+            f"{name} must be at most {hi:,}{limit}, got {v!r}; the limit is checked before any "
+            "schedule or buffer is built"
+        )
+
+
+def check_sizes(options) -> None:
+    """:func:`check_max` of every size option (:data:`SIZE_OPTIONS`) in the mapping
+    ``options``: the O(1) guard ``registry.merge_options`` runs for every method."""
+    for name in SIZE_OPTIONS:
+        if name in options:
+            check_max(name, options[name])
 
 
 def check_range(name: str, v, lo: float, hi: float) -> None:
@@ -169,14 +244,16 @@ def check_schedule(schedule) -> None:
 
 
 def check_grid(num_steps, schedule) -> None:
-    """``num_steps`` (an int >= 1) and ``schedule`` of a σ grid ``schedule.sigmas(num_steps)``."""
-    check_int("num_steps", num_steps)
+    """``num_steps`` (an int in [1, :data:`MAX_COUNT`]) and ``schedule`` of a σ grid
+    ``schedule.sigmas(num_steps)``."""
+    check_int("num_steps", num_steps, hi=MAX_COUNT)
     check_schedule(schedule)
 
 
 def sampler_config(
     num_steps, solver, schedule, S_churn, S_min, S_max, S_noise
 ) -> sampling.SamplerConfig:
+    check_max("num_steps", num_steps)  # the rest of num_steps's rules are SamplerConfig's
     check_schedule(schedule)
     return sampling.SamplerConfig(
         solver=solver,
@@ -196,9 +273,9 @@ def sampler_cost(num_steps, solver, schedule, S_churn, S_min, S_max, S_noise):
 
 
 def schedule_cost(num_steps: int, jump_length: int, jump_n_sample: int) -> int:
-    """Denoiser calls of a time-travel schedule: its number of down-steps."""
-    sched = time_travel_schedule(num_steps, jump_length, jump_n_sample)
-    return int(np.sum(sched[1:] > sched[:-1]))
+    """Denoiser calls of a time-travel schedule: its number of down-steps (O(1), without
+    building it; :func:`time_travel_size`, which also checks the limits)."""
+    return time_travel_size(num_steps, jump_length, jump_n_sample)[1]
 
 
 # ---------------------------------------------------------------------------------------------

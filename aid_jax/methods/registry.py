@@ -172,7 +172,9 @@ def merge_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The defaults of ``name`` updated with ``options``; ``ValueError`` for unknown names.
 
     Flat ``sigma_min``/``sigma_max``/``rho`` replace those fields of the ``schedule`` given, else
-    of the default one (``ValueError`` for bad values, from ``EDMSchedule``).
+    of the default one (``ValueError`` for bad values, from ``EDMSchedule``). Size options
+    (``num_steps``, jump and repeat counts, samples, iterations) above
+    ``primitives.MAX_COUNT`` are refused here, in O(1), before a method builds anything.
     """
     defaults = method_options(name)
     if "schedule" in defaults:
@@ -189,6 +191,7 @@ def merge_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
             f"accepted: {', '.join(defaults)}"
             + (" (schedule also as sigma_min, sigma_max, rho)" if "schedule" in defaults else "")
         )
+    prim.check_sizes(options)
     return {**defaults, **options}
 
 

@@ -19,7 +19,8 @@ _VIPAINT = vipaint_model.VIPaintConfig()  # the method's defaults are the config
 
 
 def _config(num_steps, samples_per_fit, **fields) -> vipaint_model.VIPaintConfig:
-    prim.check_int("samples_per_fit", samples_per_fit)
+    prim.check_sizes(dict(fields, num_steps=num_steps))
+    prim.check_int("samples_per_fit", samples_per_fit, hi=prim.MAX_COUNT)
     fields = dict(fields)
     fields["sigmas"] = tuple(fields["sigmas"])
     return vipaint_model.VIPaintConfig(refine_steps=num_steps, **fields)
