@@ -745,7 +745,8 @@ A guidance module of aid_jax on a frozen backbone (format `{kind.format}`), expo
 ```python
 from aid_jax.{kind.name} import api
 
-params = api.load("{shown}")  # the {spec.noun} on its recorded backbone (params_sha256 checked)
+# the {spec.noun} on its recorded backbone (params_sha256 checked)
+params = api.load("{shown}")
 ```
 
 ## Files

@@ -19,13 +19,15 @@ import ml_collections
 
 from configs import eval_fashion_mnist
 
-VARIANTS = ("", "small", "smoke")
+VARIANTS = ("", "small", "smoke", "validation", "small_validation")
 
 
 def get_config(arg=None):
     arg = arg or ""
     if arg not in VARIANTS:
         raise ValueError(f"unknown variant {arg!r} of deft_fashion_mnist; choose from {VARIANTS}")
+    if arg.endswith("validation"):
+        return _validation(get_config(arg.removesuffix("validation").rstrip("_")))
     config = eval_fashion_mnist.get_config(None)
     config.mode = "deft"  # train_deft, then evaluate
     config.workdir = "runs/deft_small" if arg == "small" else "runs/deft"
@@ -136,4 +138,23 @@ def get_config(arg=None):
         config.methods.replacement.steps = (3,)
         config.metrics.update(lpips="", classifier="", reference_num=32, kid_subsets=5)
         config.report.headline_metric = "psnr_hole"
+    return config
+
+
+def _validation(config):
+    """The trained module on the validation block (64 images × the three training masks, never a
+    test image), paired with the tuning search's baselines by benchmarks/aid_vs_tuned.py:
+        python -m aid_jax.main --config=configs/deft_fashion_mnist.py:validation \
+            --config.mode=evaluate --workdir=runs/deft_val \
+            --config.methods.deft.options.checkpoint=runs/deft
+        PYTHONPATH=. python benchmarks/aid_vs_tuned.py runs/deft_val --method deft --steps 10
+    """
+    from configs import tuned_fashion_mnist
+
+    config.eval.update(subset="validation", num_images=64, masks="center_box,half,strokes")
+    ddnm = dict(tuned_fashion_mnist.TUNED["ddnm"][10])
+    config.methods.ddnm_nfe10 = eval_fashion_mnist._method("ddnm", (ddnm.pop("num_steps"),), **ddnm)
+    config.methods.deft.steps = (5, 10)
+    config.eval.methods = "deft,ddnm_nfe10"
+    config.metrics.classifier = ""  # FID at 64 images ranks nothing
     return config

@@ -30,20 +30,24 @@ is evaluated exactly (:meth:`LQProblem.policy_cost`) by propagating the mean and
 Other terminal costs Ψ (issue 16; :mod:`aid_jax.aid.lq_objectives` has their closed-form laws):
 ``'observed'`` ‖m ⊙ (x_K − y)‖²/d, and ``'teacher'`` ‖x_K − T‖²/d with T an exact posterior
 sample that is a function of the rollout's start (Matheron's rule, :attr:`LQProblem.teacher_maps`):
-T = L y + (I − L diag m) Σ^{1/2} X_0/σ_0. The teacher makes the target depend on X_0, which the
-state x_k no longer shows once noise has been added, so the problem is linear–quadratic in the
-augmented state (x_k, T) (y = m ⊙ T: T equals y on the observed pixels), T constant along the
-rollout, with the start covariance of (X_0, T) carrying Cov[T, X_0] = σ_0² T_xᵀ
-(:attr:`LQProblem.start_covariance`; T ~ N(0, Σ) marginally). Its deterministic optimum — the
-best any guidance can do, the open-loop least squares of each (X_0, y) — is realised by a
-feedback on the actor's inputs (x, y) alone (:meth:`LQProblem.optimal_gains`: along a
-deterministic trajectory x_k determines X_0), so the actor does *not* see T (at deployment there
-is no teacher), while the critic does (privileged, like ``critic_x0``; the image trainer's
-``aid.critic_teacher``): the value of an (x, y) policy is an exact quadratic in (x_k, T) but not
-in (x_k, y), and TD errors from a critic that cannot see T would be biased. Trained with policy
-noise, the actor's (x, y) policy cannot tell noise from X_0, so the relaxed problem's best (x, y)
-policy is not exactly the deterministic optimum (no certainty equivalence for a hidden target):
-the learned gap closed has a ceiling slightly below 100 % (docs/AID_DESIGN.md).
+T = L y + (I − L diag m) Σ^{1/2} X_0/σ_0 (T = y on the observed pixels, T ~ N(0, Σ)). The target
+now depends on X_0, which the state x_k no longer shows once policy noise has been added, so the
+problem is linear–quadratic in the augmented state (x_k, T), T constant along the rollout; the
+exact bookkeeping carries (x_k, τ) with τ the teacher's code (:attr:`LQProblem.teacher_code`:
+y on the observed pixels, the whitened posterior noise η = Vᵀ X_0/σ_0 ~ N(0, I) on the hole,
+T = Γ τ) and Cov[τ, X_0] ≠ 0 at the start (:attr:`LQProblem.start_covariance`). J* has a
+closed form (:meth:`LQProblem.optimal_cost`). The deterministic optimum — the best any guidance
+can do, the open-loop least squares of each (X_0, y) — is realised by a feedback on the actor's
+inputs (x, y) alone (:meth:`LQProblem.optimal_gains`: along a noise-free trajectory x_k
+determines X_0), so the actor does *not* see T (at deployment there is no teacher), while the
+critic does (privileged, like ``critic_x0``; the image trainer's ``aid.critic_teacher``): the
+value of an (x, y) policy is an exact quadratic in (x_k, T) but not in (x_k, y), and TD errors
+from a critic that cannot see T would be biased. The critic reads T as τ because T's own
+covariance Σ is ill-conditioned (~1e7) and, jointly with X_0, singular: fitted to T, the adaptive
+whitening failed at k = 0. Trained with policy noise, an (x, y) policy cannot tell noise from X_0,
+so the relaxed problem's best (x, y) policy is not exactly the deterministic optimum (no
+certainty equivalence for a hidden target): the learned gap closed stays slightly below 100 %
+(docs/AID_DESIGN.md).
 
 Learned function classes (they contain the optimum): a per-step linear actor
 μ_k = F_k φ_x + G_k φ_y (+ h_k) and a per-step quadratic critic V_k = zᵀQ_k z + q_kᵀz + c_k,
