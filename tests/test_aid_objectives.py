@@ -256,3 +256,23 @@ def test_training_with_a_teacher_and_residual_charge(tmp_path):
 
     params = api.load(tmp_path / "teacher" / "best")
     assert params.config.charge == "residual" and params.config.psi_teacher == 1.0
+
+
+def test_every_recipe_builds_a_valid_problem():
+    """configs/aid_recipes.py: each objective and modifier gives an AIDConfig and teacher the
+    trainer accepts (checked before anything compiles); unknown words are refused."""
+    import sys
+
+    sys.path.insert(0, ".")
+    from configs import aid_recipes
+
+    for arg in ["mse", "observed", "teacher", "lpips", "teacher+big+k5", "lpips+huge+long"]:
+        config = aid_recipes.get_config(arg)
+        cfg = train.aid_config(config, (32, 32, 1))
+        teacher = train.make_teacher(config, cfg)
+        assert (teacher is not None) == (arg.split("+")[0] == "teacher")
+        assert config.methods.aid.options.checkpoint.endswith("/best")
+    assert aid_recipes.get_config("teacher+k5").aid.num_steps == 5
+    for bad in ["mean", "teacher+fast"]:
+        with pytest.raises(ValueError, match="aid_recipes"):
+            aid_recipes.get_config(bad)
