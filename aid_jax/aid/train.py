@@ -169,9 +169,10 @@ def lpips_fn(cfg: model.AIDConfig):
     """``(x, target, hole) -> [B]`` LPIPS on the hole for Ψ's perceptual term, or None."""
     if not cfg.psi_lpips:
         return None
-    from aid_jax.vipaint.model import lpips_params  # host NumPy weights, cached per net
-
-    params, net = lpips_params(cfg.lpips_net), cfg.lpips_net
+    net = cfg.lpips_net
+    params = lpips_metric.params_for_option(
+        net, f"AID's psi_lpips > 0 (lpips_net={net!r})", "aid.psi_lpips=0"
+    )
 
     def fn(x, target, hole):
         if x.shape[-1] not in (1, 3):
@@ -453,17 +454,21 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
             prev = json.loads(record.read_text())
             if prev.get("select") == select and prev["value"] <= metrics[select]:
                 return
-        tmp = pathlib.Path(workdir) / "best.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        checkpoint.save_pytree(tmp / "actor", jax.tree.map(np.asarray, actor))
-        write_run_manifest(tmp, cfg, config, sha)
         info = dict(select=select, value=metrics[select], step=int(step), **metrics)
-        (tmp / "best.json").write_text(json.dumps(info, indent=1) + "\n")
+        manifest = guidance_module.run_manifest(best, api.KIND, cfg, config, sha)
+        manifest.update(step=int(step), validation=dict(metrics, step=int(step)))
+        # Written whole beside the old one, then swapped in: an interruption leaves one of them.
+        new, old = best.with_name("best.new"), best.with_name("best.old")
+        for stale in (new, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        guidance_module.save_module(
+            new, api.KIND, jax.tree.map(np.asarray, actor), manifest, final=best
+        )
+        (new / "best.json").write_text(json.dumps(info, indent=1) + "\n")
         if best.exists():
-            shutil.rmtree(best)
-        tmp.rename(best)  # whole or not at all
+            best.rename(old)
+        new.rename(best)
+        shutil.rmtree(old, ignore_errors=True)
         summary["best"] = info
 
     def on_start(state, writer):

