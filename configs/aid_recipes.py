@@ -24,6 +24,9 @@ Modifiers:
     big         actor at ~3 % of the backbone (channels 16, 16, 16); huge: ~10 % (32, 32, 32)
     k5          train with K = 5 steps
     long        10,000 steps (default 1,000)
+    backprop    the actor trained with exact gradients through the deterministic deployed
+                sampler (train.actor="backprop", batch 8 without antithetic pairs, no critic
+                warm-up): what the module class can reach when the estimator is not the limit
     smoke       the tiny random backbone and synthetic data (tests)
 """
 
@@ -32,7 +35,7 @@ import ml_collections
 from configs import eval_fashion_mnist, fashion_mnist, tuned_fashion_mnist
 
 OBJECTIVES = ("mse", "observed", "teacher", "lpips")
-MODIFIERS = ("big", "huge", "k5", "long", "smoke")
+MODIFIERS = ("big", "huge", "k5", "long", "backprop", "smoke")
 
 
 def _parse(arg):
@@ -76,6 +79,8 @@ def get_config(arg=None):
         aid.actor_channels = (32, 32, 32)
     if "k5" in mods:
         aid.num_steps = 5
+    if "backprop" in mods:
+        train.update(actor="backprop", antithetic=False, batch_size=8, critic_warmup=0)
     # Evaluation on the validation block against the tuned baselines at 10 and 20 NFE.
     config.eval.update(subset="validation", num_images=64, masks="center_box,half,strokes")
     config.methods.aid.options.checkpoint = config.workdir + "/best"

@@ -28,6 +28,12 @@ Actor, pathwise (option, not the paper's, :func:`pathwise_actor_loss`): minimise
 Σ_k mean_B V̂(r_{k+1}, X_k + Δr(b_k + μ_φ)) + ℓ(μ_φ)Δr, through the critic (and Ψ at the last
 step) only; b_k comes from the stored X_k, D_k, the denoiser is never differentiated.
 
+Actor, backprop (option, a diagnostic, :func:`backprop_actor_loss`): the deterministic deployed
+sampler (u = μ_φ, the λ → 0 limit of the relaxed problem) differentiated end to end through the
+frozen denoiser, no critic: mean_B [Ψ(x_K) + Σ_k ℓ(μ_k)Δr]. Exact gradients of the deployed
+objective at K backward passes per rollout — what the actor class can reach when the estimator is
+not the limit (docs/AID_DESIGN.md).
+
 Closures: ``guidance_mean(k, r, sigma, x, denoised, ds_dr) -> μ [B, ...]`` (as in
 :mod:`aid_jax.aid.control`), ``value_fn(k, r, sigma, x) -> [B]`` (the critic *network*, without
 −λr), ``terminal_fn(x) -> [B]`` (Ψ with x0 closed over). Conditioning (y, m, …) and parameters are
@@ -57,6 +63,7 @@ __all__ = [
     "lr_actor_loss",
     "normalize_advantages",
     "observed_cost",
+    "backprop_actor_loss",
     "pathwise_actor_loss",
     "running_cost",
     "terminal_cost",
@@ -372,3 +379,59 @@ def pathwise_actor_loss(
     charged = mu if ro.references is None else mu - ro.references
     cost = running_cost(charged, beta, batch_axes=2) / num_steps
     return jnp.sum(jnp.mean(v_next + cost, axis=1))
+
+
+def backprop_actor_loss(
+    denoise,
+    guidance_mean: GuidanceMeanFn,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    terminal_fn: TerminalFn,
+    *,
+    beta,
+    reference: GuidanceMeanFn | None = None,
+    has_aux: bool = False,
+) -> jax.Array | tuple[jax.Array, dict]:
+    """mean_B [Ψ(x_K) + Σ_k ℓ(μ_k − μ_ref,k)Δr] of the deterministic controlled Euler sampler
+    (u = μ) from ``x_init``, differentiable end to end: through the denoiser (its parameters
+    stay constants of the caller), the guidance and Ψ (option ``train.actor='backprop'``).
+
+    Args:
+        denoise: ``D(x [B,...], sigma [B]) -> [B,...]``, differentiable in x.
+        guidance_mean: μ_φ with the actor parameters closed over.
+        x_init: X_0 ``[B, ...]`` at ``sigmas[0]``.
+        sigmas: ``[K + 1]`` decreasing, ending with 0.
+        terminal_fn: Ψ, ``x [B, ...] -> [B]``.
+        beta: β, a number or one per step ``[K]``.
+        reference: Optional reference drift; the running cost charges μ − μ_ref, differentiated
+            along the trajectory like everything else (the exact gradient of the objective).
+        has_aux: Also return ``dict(x=x_K, terminal=Ψ [B], running=Σ_k ℓΔr [B],
+            charged_rms=rms of μ − μ_ref)`` (for metrics).
+    """
+    num_steps = int(sigmas.shape[0]) - 1
+    dtype = x_init.dtype
+
+    def drift(k, r_k, sigma, x_k, denoised, ds_dr):
+        mu = jnp.asarray(guidance_mean(k, r_k, sigma, x_k, denoised, ds_dr)).astype(dtype)
+        charged = mu
+        if reference is not None:
+            ref = reference(k, r_k, sigma, x_k, denoised, ds_dr)
+            charged = mu - jnp.asarray(ref).astype(dtype)
+        return mu, charged
+
+    x_last, _, charged = sampling.integrate(
+        jax.checkpoint(denoise),  # keep K activations of the denoiser's inputs, not its insides
+        x_init,
+        sigmas,
+        solver="euler",
+        clock="step",
+        extra_drift=drift,
+        has_aux=True,
+    )
+    running = jnp.sum(running_cost(charged, beta, batch_axes=2), axis=0) / num_steps  # [B]
+    terminal = terminal_fn(x_last)
+    loss = jnp.mean(terminal + running)
+    if not has_aux:
+        return loss
+    rms = jnp.sqrt(jnp.mean(jnp.square(charged)))
+    return loss, dict(x=x_last, terminal=terminal, running=running, charged_rms=rms)

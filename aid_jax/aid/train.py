@@ -52,7 +52,7 @@ RUN_DEFINING = (
     "train.critic_warmup",
     "train.teacher",
 )
-ACTORS = ("lr", "pathwise")
+ACTORS = ("lr", "pathwise", "backprop")
 
 
 ResumeError = checkpoint.ResumeError
@@ -195,6 +195,11 @@ def make_train_step(
     t = config.train
     if t.actor not in ACTORS:
         raise ValueError(f"train.actor must be one of {ACTORS}, got {t.actor!r}")
+    if t.actor == "backprop" and t.antithetic:
+        raise ValueError(
+            "train.actor='backprop' draws no policy noise, so antithetic pairs would only repeat "
+            "each observation: set train.antithetic=False"
+        )
     if cfg.uses_teacher and teacher is None:
         raise ValueError("this AIDConfig needs a teacher (make_teacher(config, cfg))")
     perceptual = lpips_fn(cfg)
@@ -205,6 +210,47 @@ def make_train_step(
     policy_std = jnp.asarray(cfg.policy_stds()) if per_step else cfg.policy_std
     ema_decay = float(config.optim.ema)
     warmup = int(t.critic_warmup)
+
+    def ema_update(state, actor):  # EMA with a ramp (young runs average over their short past)
+        stepf = state["step"].astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + stepf) / (10.0 + stepf))
+        return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["actor_ema"], actor)
+
+    def backprop_step(state, denoise, x_init, x0, mask, reference, psi):
+        """train.actor='backprop': one exact-gradient step of the deterministic deployed sampler
+        (losses.backprop_actor_loss); the critic is not used and stays as it is."""
+        y = mask * x0
+
+        def actor_objective(ap):
+            mu = model.guidance_mean_fn(ap, cfg, y, mask)
+            return losses.backprop_actor_loss(
+                denoise, mu, x_init, sigmas, psi, beta=beta, reference=reference, has_aux=True
+            )
+
+        (a_loss, aux), a_grads = jax.value_and_grad(actor_objective, has_aux=True)(state["actor"])
+        with jax.numpy_dtype_promotion("standard"):
+            a_updates, actor_opt = actor_tx.update(a_grads, state["actor_opt"], state["actor"])
+        actor = optax.apply_updates(state["actor"], a_updates)
+        hole = 1.0 - mask
+        hole_mse = jnp.sum(jnp.square(aux["x"] - x0) * hole) / jnp.maximum(
+            jnp.sum(hole) * x0.shape[-1], 1.0
+        )
+        metrics = dict(
+            actor_loss=a_loss,
+            terminal_loss=jnp.mean(aux["terminal"]),
+            terminal_mse_hole=hole_mse,
+            running_cost=jnp.mean(aux["running"]),
+            guidance_rms=aux["charged_rms"],
+            actor_grad_norm=optax.tree.norm(a_grads),
+        )
+        new_state = dict(
+            state,
+            step=state["step"] + 1,
+            actor=actor,
+            actor_opt=actor_opt,
+            actor_ema=ema_update(state, actor),
+        )
+        return new_state, metrics
 
     def train_step(state, backbone_params, x0, mask, base_key):
         step = state["step"]
@@ -225,19 +271,7 @@ def make_train_step(
             x0, mask, x_init, target = control.pair_up((x0, mask, x_init, target))
         y = mask * x0
 
-        mu_fn = model.guidance_mean_fn(state["actor"], cfg, y, mask)
         reference = model.reference_fn(cfg, y, mask) if cfg.charge == "residual" else None
-        ro = control.rollout(
-            denoise,
-            mu_fn,
-            x_init,
-            sigmas,
-            k_policy,
-            policy_std=policy_std,
-            antithetic=bool(t.antithetic),
-            per_step=per_step,
-            reference=reference,
-        )
         weight = losses.hole_weights(mask, cfg.hole_weight)
 
         def psi(xk):  # the terminal cost Ψ (AIDConfig.psi_*)
@@ -254,6 +288,21 @@ def make_train_step(
                 out = out + cfg.psi_lpips * perceptual(jnp.clip(xk, -1.0, 1.0), ref, hole)
             return out
 
+        if t.actor == "backprop":  # exact gradients through the deployed sampler, no critic
+            return backprop_step(state, denoise, x_init, x0, mask, reference, psi)
+
+        mu_fn = model.guidance_mean_fn(state["actor"], cfg, y, mask)
+        ro = control.rollout(
+            denoise,
+            mu_fn,
+            x_init,
+            sigmas,
+            k_policy,
+            policy_std=policy_std,
+            antithetic=bool(t.antithetic),
+            per_step=per_step,
+            reference=reference,
+        )
         terminal = psi(ro.xs[-1])
 
         # Critic: semi-gradient TD(τ) on the rollout (AID.md §4).
@@ -305,12 +354,7 @@ def make_train_step(
         a_updates = jax.tree.map(lambda u: actor_on * u, a_updates)
         critic = optax.apply_updates(state["critic"], c_updates)
         actor = optax.apply_updates(state["actor"], a_updates)
-        # EMA with a ramp (young runs average over their short past only).
-        stepf = step.astype(jnp.float32)
-        decay = jnp.minimum(ema_decay, (1.0 + stepf) / (10.0 + stepf))
-        actor_ema = jax.tree.map(
-            lambda e, p: decay * e + (1 - decay) * p, state["actor_ema"], actor
-        )
+        actor_ema = ema_update(state, actor)
 
         values = aux["values"]
         mc = losses.lambda_returns(aux["costs"], values, 1.0)  # realised costs-to-go
@@ -497,9 +541,11 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         init_state=lambda: init_state(config, cfg, actor_tx, critic_tx, init_key),
         step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx, teacher),
         inputs_at=inputs_at,
-        loss="critic_loss",
+        loss="actor_loss" if t.actor == "backprop" else "critic_loss",
         parameters=lambda state: dict(actor=state["actor"], critic=state["critic"]),
-        postfix=lambda m: dict(psi=f"{m['terminal_loss']:.4f}", delta=f"{m['delta_std']:.3g}"),
+        postfix=lambda m: dict(
+            psi=f"{m['terminal_loss']:.4f}", delta=f"{m.get('delta_std', float('nan')):.3g}"
+        ),
         resumed="resumed AID training",
         on_start=on_start,
         on_step=on_step,
