@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import warnings
@@ -27,21 +28,104 @@ def save_pytree(directory: str | os.PathLike, tree) -> None:
         marker.unlink()
 
 
+# A training state may declare at most MAX_STATE_RATIO x the bytes of the entries whose shapes
+# are known (params, EMA: the optimiser's moments are a few copies) + MAX_STATE_EXTRA_BYTES; its
+# known entries must have exactly the expected shapes. Checked on the metadata, before restoring.
+MAX_STATE_RATIO = 8
+MAX_STATE_EXTRA_BYTES = 64 * 2**20
+
+
+def _declared(checkpointer, directory: pathlib.Path, strict: bool = True):
+    """The tree an Orbax pytree checkpoint declares, as ``jax.ShapeDtypeStruct`` leaves, from
+    its metadata alone (nothing is allocated); chunk shapes larger than the array refused.
+    Leaves that are not arrays are refused (``strict``) or kept as Orbax describes them."""
+    meta = checkpointer.metadata(directory).item_metadata
+    meta = getattr(meta, "tree", meta)  # Orbax's TreeMetadata wraps the plain tree
+    if meta is None or not jax.tree.leaves(meta):  # Orbax only warns on unreadable metadata
+        raise ValueError(f"{directory}: no readable Orbax metadata (missing or corrupt files)")
+
+    def leaf(path, m):
+        shape, dtype = getattr(m, "shape", None), getattr(m, "dtype", None)
+        if shape is None or dtype is None:
+            if not strict:
+                return m
+            raise ValueError(f"{directory}: {jax.tree_util.keystr(path)} is not an array")
+        shape = tuple(int(d) for d in shape)
+        chunk = getattr(getattr(m, "storage", None), "chunk_shape", None)
+        if chunk is not None and (
+            len(chunk) != len(shape)
+            or any(int(c) > max(d, 1) for c, d in zip(chunk, shape, strict=False))
+        ):
+            raise ValueError(
+                f"{directory}: {jax.tree_util.keystr(path)} declares chunks {tuple(chunk)} "
+                f"larger than its shape {shape}; the checkpoint is corrupt"
+            )
+        return jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+
+    return jax.tree_util.tree_map_with_path(leaf, meta)
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(np.shape(a))
+        for path, a in flat
+    }
+
+
+def _check_declared(declared, like, directory) -> None:
+    """``declared`` (from the metadata) has exactly ``like``'s names and shapes, else a
+    ValueError naming the first difference — before anything is allocated."""
+    got, want = _flat_shapes(declared), _flat_shapes(like)
+    for key, shape in want.items():
+        if key not in got:
+            raise ValueError(f"{directory}: {key} is missing (expected shape {shape})")
+        if got[key] != shape:
+            raise ValueError(
+                f"{directory}: {key} is declared with shape {got[key]}, expected {shape} "
+                "(checked before anything is allocated)"
+            )
+    for key in got:
+        if key not in want:
+            raise ValueError(f"{directory}: {key} is not expected")
+
+
+def _nbytes(tree) -> int:
+    return sum(
+        math.prod(int(d) for d in a.shape) * np.dtype(a.dtype).itemsize
+        for a in jax.tree.leaves(tree)
+        if hasattr(a, "shape") and hasattr(a, "dtype")
+    )
+
+
+def read_metadata(directory: str | os.PathLike):
+    """The tree of an Orbax pytree checkpoint (written by `save_pytree`) as
+    ``jax.ShapeDtypeStruct`` leaves, read from its metadata only: nothing is allocated, so the
+    caller can check the declared names and shapes first (then ``restore_pytree(directory,
+    declared)``). Chunk shapes larger than their array are refused (ValueError)."""
+    directory = pathlib.Path(directory).absolute()
+    with ocp.StandardCheckpointer() as checkpointer:
+        return _declared(checkpointer, directory)
+
+
 def restore_pytree(directory: str | os.PathLike, like=None):
     """Read an Orbax pytree checkpoint into NumPy arrays.
 
     Args:
       directory: the checkpoint folder written by `save_pytree`.
       like: optional pytree with the expected structure, shapes and dtypes (arrays or
-        `jax.ShapeDtypeStruct`); Orbax then refuses checkpoints that do not match it.
+        `jax.ShapeDtypeStruct`); the names and shapes the checkpoint's metadata declares must
+        equal it (ValueError naming the first difference) before anything is allocated.
+        Without it, whatever the metadata declares is allocated: pass it for untrusted folders.
     """
     directory = pathlib.Path(directory).absolute()
     with ocp.StandardCheckpointer() as checkpointer:
+        declared = _declared(checkpointer, directory)
         if like is None:
-            meta = checkpointer.metadata(directory).item_metadata
-            like = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
+            like = declared
         else:
-            like = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), like)
+            _check_declared(declared, like, directory)
+        like = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), like)
         tree = checkpointer.restore(directory, like)
     return jax.tree.map(np.asarray, tree)
 
@@ -85,11 +169,32 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
     return restore_step(manager, step, abstract_state)
 
 
-def restore_step_state(directory, step: int):
+def restore_step_state(directory, step: int, expect: dict | None = None):
     """The ``state`` item of training checkpoint ``step`` in ``directory`` (a ``checkpoints/``
     folder), as stored (NumPy arrays, no target structure needed): how a trained module is read
-    from a workdir without rebuilding its optimiser."""
+    from a workdir without rebuilding its optimiser.
+
+    ``expect``: optional ``{entry: like}`` for entries of the state whose structure is known
+    (e.g. the EMA parameters). Before anything is allocated, the metadata must declare exactly
+    those shapes (where the entry exists), and no more than ``MAX_STATE_RATIO`` x their bytes +
+    ``MAX_STATE_EXTRA_BYTES`` in all (ValueError otherwise).
+    """
     directory = pathlib.Path(directory).absolute()
+    if expect:
+        with ocp.StandardCheckpointer() as checkpointer:
+            declared = _declared(checkpointer, directory / str(int(step)) / "state", False)
+        if not isinstance(declared, dict):
+            raise ValueError(f"{directory / str(int(step))}: the state is not a dict")
+        for entry, like in expect.items():
+            if entry in declared:  # (an absent entry is the caller's to report)
+                _check_declared(declared[entry], like, f"{directory / str(int(step))}/{entry}")
+        limit = MAX_STATE_RATIO * _nbytes(list(expect.values())) + MAX_STATE_EXTRA_BYTES
+        if _nbytes(declared) > limit:
+            raise ValueError(
+                f"{directory / str(int(step))}: the state declares {_nbytes(declared):,} bytes, "
+                f"more than the limit MAX_STATE_RATIO x its parameters + MAX_STATE_EXTRA_BYTES = "
+                f"{limit:,} (checked before anything is allocated); the checkpoint is corrupt"
+            )
     with ocp.CheckpointManager(directory) as manager:
         restored = manager.restore(
             int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore())

@@ -480,8 +480,11 @@ def load_module_params(path, kind) -> tuple[dict, dict]:
     like = kind.abstract_params(module_config(manifest, kind, path / kind.state_file))
     folder = path / kind.spec.field
     if folder.is_dir():
-        try:
-            params = checkpoint.restore_pytree(folder)
+        try:  # the declared shapes are checked (metadata only) before anything is allocated
+            check_module_shapes(checkpoint.read_metadata(folder), like, folder, kind)
+            params = checkpoint.restore_pytree(folder, like)
+        except kind.error:
+            raise
         except Exception as e:  # Orbax raises several types for damaged folders
             raise kind.error(f"{folder} could not be read ({e}); re-export it") from e
         check_module_shapes(params, like, folder, kind)
@@ -492,7 +495,7 @@ def load_module_params(path, kind) -> tuple[dict, dict]:
         raise FileNotFoundError(f"{path} has no checkpoint yet (checkpoints/<step>/); train first")
     step_dir = ckpts / str(steps[-1])
     try:
-        state = checkpoint.restore_step_state(ckpts, steps[-1])
+        state = checkpoint.restore_step_state(ckpts, steps[-1], {kind.ema_entry: like})
     except Exception as e:  # Orbax raises several types for damaged folders
         raise kind.error(
             f"checkpoint {step_dir} could not be read ({e}); delete it to fall back to the "

@@ -367,3 +367,287 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict | None = No
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile files (tests/test_hostile_files.py, benchmarks/hostile_files.py): the attacks of
+# issue 17, built from raw opcodes and raw zip records, plus a seeded mutation fuzzer.
+
+
+def deep_tuple(depth: int) -> bytes:
+    """Opcodes pushing ``((((),),),...)`` nested ``depth`` deep (one byte per level)."""
+    return pickle.EMPTY_TUPLE + pickle.TUPLE1 * depth
+
+
+def deep_tuple_pickle(use: str, depth: int = 300_000) -> bytes:
+    """A pickle that hashes a ``depth``-deep tuple: as a dict key (SETITEM or DICT), in
+    ``builtins.set``, in FROZENSET or ADDITEMS. CPython's tuple hash recurses without a guard."""
+    deep = deep_tuple(depth)
+    if use == "setitem":
+        return b"\x80\x02}" + deep + b"Ns."
+    if use == "dict":
+        return b"\x80\x02(" + deep + b"Nd."
+    if use == "set":
+        return b"\x80\x02cbuiltins\nset\n]" + deep + b"a\x85R."
+    if use == "frozenset":
+        return b"\x80\x04(" + deep + b"\x91."
+    if use == "additems":
+        return b"\x80\x04\x8f(" + deep + b"\x90."
+    raise ValueError(use)
+
+
+def append_setitem(valid: bytes, key: bytes, value: bytes) -> bytes:
+    """``valid`` (a pickle of a dict) with one more SETITEM before its STOP: ``key`` and
+    ``value`` are opcodes pushing one object each."""
+    assert valid.endswith(pickle.STOP)
+    return valid[:-1] + key + value + pickle.SETITEM + pickle.STOP
+
+
+def shared_levels(levels: int, fanout: int, container: bytes) -> bytes:
+    """Opcodes pushing a container holding the previous one ``fanout`` times, ``levels`` times
+    over, starting from an empty one: ~(3 + 2*fanout) bytes per level, fanout**levels leaves
+    when expanded ("billion laughs"). ``container`` is LIST or TUPLE."""
+    out = pickle.EMPTY_LIST if container == pickle.LIST else pickle.EMPTY_TUPLE
+    for _ in range(levels):
+        out += b"q\x00" + pickle.POP + pickle.MARK + b"h\x00" * fanout + container
+    return out
+
+
+def binunicode(text: str) -> bytes:
+    raw = text.encode()
+    return pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+
+def laughs_pickle(valid: bytes, key: str = "dataset_kwargs", levels: int = 40) -> bytes:
+    """``valid`` with ``key`` set to a 40-level list holding the previous level 10 times."""
+    return append_setitem(valid, binunicode(key), shared_levels(levels, 10, pickle.LIST))
+
+
+def tuple_hash_bomb(levels: int = 40) -> bytes:
+    """A dict keyed by a tuple of 10 references to a tuple of 10 ... (10**40 to hash)."""
+    return b"\x80\x02}" + shared_levels(levels, 10, pickle.TUPLE) + b"Ns."
+
+
+def empty_set_bomb(count: int = 20_000_000) -> bytes:
+    """``PROTO 4, MARK, EMPTY_SET x count, LIST, STOP``: ~230 bytes of sets per file byte."""
+    return b"\x80\x04(" + pickle.EMPTY_SET * count + b"l."
+
+
+def set_copy_bomb(elements: int = 100_000, calls: int = 10_000) -> bytes:
+    """``set(L)`` called ``calls`` times on one memoised list of ``elements`` distinct ints, the
+    sets kept on the stack (~4 MB each for 6 bytes of pickle)."""
+    body = b"\x80\x02cbuiltins\nset\nq\x01](" + b"".join(
+        b"J" + struct.pack("<i", i) for i in range(elements)
+    )
+    body += b"eq\x020"
+    body += (b"h\x01h\x02\x85R") * calls
+    return body + b"N."
+
+
+def raw_zip(members: list[tuple[str, int, bytes, int, int]]) -> bytes:
+    """A zip from raw records ``(name, method, stored bytes, crc, uncompressed size)``: members
+    whose compressed bytes are made once and repeated (zipfile would compress each again)."""
+    out = io.BytesIO()
+    central = []
+    for name, method, stored, crc, size in members:
+        offset = out.tell()
+        raw_name = name.encode()
+        fields = (20, 0, method, 0, 0x21, crc, len(stored), size, len(raw_name), 0)
+        out.write(b"PK\x03\x04" + struct.pack("<HHHHHIIIHH", *fields) + raw_name + stored)
+        head = (20, 20, 0, method, 0, 0x21, crc, len(stored), size, len(raw_name), 0, 0, 0, 0)
+        central.append(
+            b"PK\x01\x02" + struct.pack("<HHHHHHIIIHHHHHII", *head, 0, offset) + raw_name
+        )
+    start = out.tell()
+    cd = b"".join(central)
+    out.write(cd)
+    n = len(members)
+    out.write(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, n, n, len(cd), start, 0))
+    return out.getvalue()
+
+
+def zip_bomb(method: int, members: int = 100, member_bytes: int = 64 * 2**20) -> bytes:
+    """A torch zip whose ``members`` storages are ``member_bytes`` of zeros each, compressed
+    with ``method`` (zipfile.ZIP_BZIP2 or ZIP_DEFLATED) once and stored ``members`` times."""
+    import bz2
+    import zlib
+
+    zeros = bytes(2**20)
+    crc = 0
+    for _ in range(member_bytes // len(zeros)):
+        crc = zlib.crc32(zeros, crc)
+    if method == zipfile.ZIP_BZIP2:
+        comp = bz2.BZ2Compressor(9)
+    else:
+        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stored = b"".join(comp.compress(zeros) for _ in range(member_bytes // len(zeros)))
+    stored += comp.flush()
+    numel = member_bytes // 4
+    state = {}
+    for i in range(members):
+        st = Storage(np.zeros(1, np.float32))
+        st.data = np.broadcast_to(np.zeros(1, np.float32), (numel,))  # no memory; size numel
+        state[f"w{i}"] = Tensor(st, 0, (numel,), (1,))
+    pkl = io.BytesIO()
+    Pickler(pkl, 2, storage_ids=5).dump(state)
+    records = [("archive/data.pkl", 0, pkl.getvalue()), ("archive/byteorder", 0, b"little")]
+    out = [(n, m, d, zlib.crc32(d), len(d)) for n, m, d in records]
+    out += [(f"archive/data/{i}", method, stored, crc, member_bytes) for i in range(members)]
+    return raw_zip(out)
+
+
+def safetensors_header_bomb(size: int = 100 * 2**20) -> bytes:
+    """A safetensors file whose header is ``size`` bytes of ``{"x": [{}, {}, ...]}``."""
+    head = b'{"x":['
+    tail = b"{}]}"
+    count = (size - len(head) - len(tail)) // 3
+    text = head + b"{}," * count + tail
+    text += b" " * (size - len(text))
+    return struct.pack("<Q", len(text)) + text
+
+
+def safetensors_overlap_bomb(entries: int = 100_000, nbytes: int = 2**20) -> bytes:
+    """``entries`` tensors all pointing at the same ``nbytes`` of data (copied once each)."""
+    spec = {"dtype": "U8", "shape": [nbytes], "data_offsets": [0, nbytes]}
+    text = json.dumps({f"t{i}": spec for i in range(entries)}).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + bytes(nbytes)
+
+
+# ---- the fuzzer --------------------------------------------------------------------------------
+
+# Opcodes worth splicing in: containers, memo, marks, calls, frames, long lengths.
+_SPLICE = [
+    b")\x85" * 50,
+    b"\x8f" * 64,
+    b"(" * 32,
+    b"]",
+    b"}",
+    b"q\x00h\x00h\x00",
+    b"\x94",
+    b"R",
+    b"b",
+    b"s",
+    b"u",
+    b"a",
+    b"e",
+    b"\x90",
+    b"\x91",
+    b"t",
+    b"0",
+    b"2",
+    b"1",
+    b"\x95" + struct.pack("<Q", 2**40),
+    b"\x8e" + struct.pack("<Q", 2**33),
+    b"r" + struct.pack("<I", 2**31 - 1),
+    b"cbuiltins\nset\n",
+    b"cos\nsystem\n",
+    b"\x81",
+    b"\x92",
+]
+_INTS = [0, 1, 2**7, 2**8 - 1, 2**15, 2**16 - 1, 2**31 - 1, 2**32 - 1, 2**40, 2**63 - 1]
+
+
+def mutate(data: bytes, rng) -> bytes:
+    """One to four random edits of ``data``: flips, interesting bytes and integers, spliced
+    opcodes, deleted/duplicated spans, truncation. ``rng`` is a ``random.Random``."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        if not buf:
+            buf += bytes([rng.randrange(256)])
+        op = rng.randrange(8)
+        i = rng.randrange(len(buf))
+        if op == 0:
+            buf[i] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            buf[i] = rng.choice([0, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+        elif op == 2:
+            width = rng.choice([1, 2, 4, 8])
+            value = rng.choice(_INTS) % (1 << (8 * width))
+            buf[i : i + width] = value.to_bytes(width, "little")
+        elif op == 3:
+            buf[i:i] = rng.choice(_SPLICE)
+        elif op == 4:
+            del buf[i : i + rng.randint(1, 64)]
+        elif op == 5:
+            j = rng.randrange(len(buf))
+            buf[j:j] = buf[i : i + rng.randint(1, 256)] * rng.randint(1, 8)
+        elif op == 6:
+            del buf[i:]
+        else:
+            buf[i : i + 1] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+    return bytes(buf)
+
+
+def mutate_zip(data: bytes, rng) -> bytes:
+    """A torch zip with one member (the pickle mostly) mutated and the archive rewritten, so
+    CRCs stay valid and the mutation reaches the unpickler; members may get compressed."""
+    import zlib
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    k = next((j for j, (n, _) in enumerate(members) if n.endswith("data.pkl")), 0)
+    if rng.random() > 0.7:
+        k = rng.randrange(len(members))
+    members[k] = (members[k][0], mutate(members[k][1], rng))
+    records = []
+    for name, raw in members:
+        method = rng.choice([zipfile.ZIP_STORED] * 3 + [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+        if method == zipfile.ZIP_DEFLATED:
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            stored = comp.compress(raw) + comp.flush()
+        elif method == zipfile.ZIP_BZIP2:
+            import bz2
+
+            stored = bz2.compress(raw)
+        else:
+            stored = raw
+        records.append((name, method, stored, zlib.crc32(raw), len(raw)))
+    return raw_zip(records)
+
+
+def fuzz_seeds(marker: str) -> dict[str, tuple[str, bytes]]:
+    """Small valid (and two malicious) files the fuzzer mutates: ``{name: (format, bytes)}``.
+    The malicious ones would create ``marker`` if any of their code ran."""
+    rng = np.random.default_rng(0)
+
+    def t(*shape, dtype=np.float32):
+        return Tensor.of(rng.standard_normal(shape).astype(dtype), parameter=True)
+
+    conv = Module("Conv2d", params={"weight": t(2, 1, 3, 3), "bias": t(2)})
+    lin = Module("Linear", params={"weight": t(3, 2)}, buffers={"b": t(3, dtype=np.float16)})
+    seq = container("ModuleList", {"0": conv, "1": lin})
+    net = Module(
+        "EDMPrecond",
+        children={"model": seq},
+        init_kwargs={"img_resolution": 8, "channels": [1, 2], "label_dim": 0},
+    )
+    top = {"ema": net, "loss_fn": Persistent("EDMLoss", {"P_mean": -1.2}), "step": 7}
+    sd = {"a.weight": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.int64)}
+    tensors = {k: Tensor.of(v) for k, v in sd.items()}
+    evil = Call(Global("os", "system"), f"touch {marker}")
+    evil_exec = Call(Global("builtins", "exec"), f"open({marker!r}, 'w').close()")
+    return {
+        "nvidia_p4": ("pickle", dumps(top, 4)),
+        "nvidia_p2": ("pickle", dumps(top, 2)),
+        "evil_system": ("pickle", dumps({"ema": net, "x": evil}, 4)),
+        "evil_exec_p2": ("pickle", dumps({"x": evil_exec}, 2, global_opcode=True)),
+        "legacy": ("pickle", torch_legacy_bytes(collections.OrderedDict(tensors))),
+        "zip": ("zip", torch_zip_bytes(collections.OrderedDict(tensors))),
+        "zip_evil": ("zip", torch_zip_bytes({"x": evil, **tensors})),
+        "safetensors": ("safetensors", safetensors_bytes(sd, {"k": "v"})),
+    }
+
+
+def fuzz_case(seeds: dict, index: int, seed: int, rng_factory) -> tuple[str, str, bytes]:
+    """Mutation ``index`` of run ``seed``: (seed file name, its format, mutated bytes). The
+    same arguments always give the same bytes. ``rng_factory`` is ``random.Random``."""
+    rng = rng_factory(f"hostile-{seed}-{index}")
+    name = rng.choice(sorted(seeds))
+    fmt, data = seeds[name]
+    if fmt == "zip" and rng.random() < 0.7:
+        return name, fmt, mutate_zip(data, rng)
+    if fmt == "safetensors" and rng.random() < 0.7:
+        n = struct.unpack_from("<Q", data)[0]  # mutate inside the header mostly
+        return name, fmt, data[:8] + mutate(data[8 : 8 + n], rng) + data[8 + n :]
+    return name, fmt, mutate(data, rng)

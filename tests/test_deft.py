@@ -623,21 +623,26 @@ def test_main_smoke_trains_and_evaluates(tmp_path):
     assert (workdir / "eval" / "results.md").exists()
 
 
-def test_the_shipped_module_loads_from_anywhere_and_inpaints(tmp_path, monkeypatch):
-    """ported_weights/deft_fashion_mnist: the manifest's backbone sha256 matches the shipped
-    backbone, it loads from another working directory, and it fills a hole better than the
-    unguided start on a validation image (the h-network does something)."""
+@pytest.mark.parametrize(
+    "name, num_params", [("deft_fashion_mnist", 51514), ("deft_fashion_mnist_small", 10234)]
+)
+def test_the_shipped_module_loads_from_anywhere_and_inpaints(
+    tmp_path, monkeypatch, name, num_params
+):
+    """ported_weights/deft_fashion_mnist (5 %) and _small (≤ 1 %): the manifest's backbone
+    sha256 matches the shipped backbone, it loads from another working directory, and it fills
+    a hole better than the unguided start on a validation image (the h-network does something)."""
     import json
 
     from aid_jax.deft import api as deft_api
     from aid_jax.deft import model as deft_model
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    folder = root / "ported_weights" / "deft_fashion_mnist"
+    folder = root / "ported_weights" / name
     manifest = json.loads((folder / "deft_config.json").read_text())
-    assert manifest["step"] == 5000 and manifest["hnet_params"] == 51514
+    assert manifest["step"] == 5000 and manifest["hnet_params"] == num_params
     monkeypatch.chdir(tmp_path)
-    params = deft_api.load("ported_weights/deft_fashion_mnist")
+    params = deft_api.load(f"ported_weights/{name}")
     assert params.backbone_sha256 == manifest["backbone"]["params_sha256"]
     from aid_jax.data import pipeline, sources
 

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -92,7 +93,18 @@ _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-_SAFETENSORS_MAX_HEADER = 100 * 2**20  # the reference implementation's own limit
+# Limits of this reader (with torch_archive's MAX_*/..._BUDGET_* limits, listed in
+# docs/ARCHITECTURE.md); exceeding one raises CheckpointError naming the limit and the file.
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # bytes; the reference implementation's own limit
+# JSON tokens (strings, commas, colons, brackets) of a safetensors header, counted by a scan
+# that stops at the limit before the header is parsed: a legitimate header has ~15 per tensor,
+# while 100 MiB of "{}," would make ~30 million Python objects (~2.8 GB).
+MAX_SAFETENSORS_HEADER_TOKENS = 2_000_000
+MAX_SAFETENSORS_HEADER_DEPTH = 3  # {name: {"shape": [...]}}: the format's own nesting
+_SAFETENSORS_MAX_HEADER = MAX_SAFETENSORS_HEADER
+# A string (possessive: no backtracking; an unterminated one runs to the end) or a structural
+# character.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)|[\[\]{},:]', re.DOTALL)
 
 # Keys under which torch checkpoints commonly nest their state dict.
 _STATE_DICT_KEYS = ("state_dict", "ema", "model", "net")
@@ -213,7 +225,7 @@ class _Reader(ta.UntrustedFile):
 
     def load_plain(self, f: ta.ViewFile | io.BytesIO, context: str) -> Any:
         """Unpickle one small pickle that may reference no globals at all."""
-        return ta.RestrictedUnpickler(f, self.path, context, {}).load()
+        return ta.RestrictedUnpickler(f, self.path, context, {}, budget=self.pickle_budget).load()
 
     def load_from_bytes(self, blob: Any) -> ta.Storage:
         """Stand-in for ``torch.storage._load_from_bytes``: parse one legacy storage blob."""
@@ -239,7 +251,9 @@ class _Reader(ta.UntrustedFile):
             declared.append(st)
             return st
 
-        st = ta.RestrictedUnpickler(f, self.path, ctx, ta.storage_type_globals(), persistent).load()
+        st = ta.RestrictedUnpickler(
+            f, self.path, ctx, ta.storage_type_globals(), persistent, budget=self.pickle_budget
+        ).load()
         if not isinstance(st, ta.Storage):
             raise self.error(f"{ctx} does not contain a storage")
         if self.load_plain(f, ctx) != [st.key]:
@@ -265,6 +279,29 @@ class _Reader(ta.UntrustedFile):
             raise self.error(f"{ctx} has malformed system info {ta.brief(info)}")
         if dict.get(info, "little_endian") is not True:
             raise self.error(f"{ctx} was written on a big-endian machine; not supported")
+
+    def scan_header(self, raw: bytes) -> None:
+        """Count a safetensors header's JSON tokens and nesting before it is parsed (the scan
+        stops at the limits, so it costs little on a hostile header)."""
+        depth = 0
+        for count, m in enumerate(_JSON_TOKEN.finditer(raw), 1):
+            if count > MAX_SAFETENSORS_HEADER_TOKENS:
+                raise _scan_limit(
+                    self.path,
+                    "the number of JSON tokens in the safetensors header",
+                    f"MAX_SAFETENSORS_HEADER_TOKENS = {MAX_SAFETENSORS_HEADER_TOKENS:,}",
+                )
+            c = raw[m.start()]
+            if c in b"[{":
+                depth += 1
+                if depth > MAX_SAFETENSORS_HEADER_DEPTH:
+                    raise _scan_limit(
+                        self.path,
+                        "the nesting of the safetensors header",
+                        f"MAX_SAFETENSORS_HEADER_DEPTH = {MAX_SAFETENSORS_HEADER_DEPTH}",
+                    )
+            elif c in b"]}":
+                depth -= 1
 
     # ---- conversion to plain Python ---------------------------------------------------------
 
@@ -452,7 +489,9 @@ class _Reader(ta.UntrustedFile):
         for name, stub in _MODULE_STUBS.items():
             allowed[("torch.nn.modules.container", name)] = stub
         f = ta.ViewFile(self.data)
-        top = ta.RestrictedUnpickler(f, self.path, "pickle", allowed).load()
+        top = ta.RestrictedUnpickler(
+            f, self.path, "pickle", allowed, budget=self.pickle_budget
+        ).load()
         if f.tell() != len(self.data):
             raise self.error(
                 f"{len(self.data) - f.tell()} unexpected bytes after the end of the pickle"
@@ -514,7 +553,9 @@ class _Reader(ta.UntrustedFile):
         storages = ta.StorageTable(self, ctx, pid_length=6)  # data follows the pickle
         allowed = _common_globals()
         allowed.update(ta.storage_type_globals())
-        top = ta.RestrictedUnpickler(f, self.path, ctx, allowed, storages).load()
+        top = ta.RestrictedUnpickler(
+            f, self.path, ctx, allowed, storages, budget=self.pickle_budget
+        ).load()
         keys = self.load_plain(f, ctx)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise self.error(f"{ctx} has a malformed storage key list")
@@ -553,10 +594,10 @@ class _Reader(ta.UntrustedFile):
                 raise self.error("safetensors header has duplicate keys")
             return d
 
+        raw = bytes(data[8 : 8 + n])
+        self.scan_header(raw)
         try:
-            header = json.loads(
-                bytes(data[8 : 8 + n]).decode("utf-8"), object_pairs_hook=no_duplicates
-            )
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise self.error(f"safetensors header is not valid JSON ({e})") from e
         if not isinstance(header, dict):
@@ -570,6 +611,7 @@ class _Reader(ta.UntrustedFile):
         buf_len = len(data) - base
         state: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         spans = []
+        entries = []
         for name, info in header.items():
             if not isinstance(info, dict):
                 raise self.error(f"safetensors entry {name!r:.80} is not an object")
@@ -589,14 +631,22 @@ class _Reader(ta.UntrustedFile):
                     f"fit shape {shape} x {dt} inside the {buf_len}-byte data buffer"
                 )
             spans.append((b, e, name))
-            arr = self.frombuffer(data, dt, numel, base + b)
-            state[name] = np.array(arr.reshape(shape), order="C", copy=True)
+            entries.append((name, dt, shape, numel, b))
         spans.sort()
         for (_, e0, n0), (b1, _, n1) in itertools.pairwise(spans):
-            if b1 < e0:
+            if b1 < e0:  # (checked before copying: overlaps could copy one span many times)
                 raise self.error(f"safetensors tensors {n0!r} and {n1!r} overlap")
+        for name, dt, shape, numel, b in entries:
+            arr = self.frombuffer(data, dt, numel, base + b)
+            state[name] = np.array(arr.reshape(shape), order="C", copy=True)
         extras: dict[str, Any] = {"__metadata__": meta}
         return LoadedCheckpoint(self.path, "safetensors", state, None, None, extras)
+
+
+def _scan_limit(path: str, what: str, limit: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: {what} exceeds the reader's limit {limit}; the file is corrupt or hostile"
+    )
 
 
 def _contains_tensor(obj: Any, depth: int = 0, seen: set | None = None) -> bool:

@@ -345,7 +345,7 @@ def backbone_from_checkpoint(path: str | os.PathLike, *, network_key: str = "ema
     }
     for name in ("loss_fn", "dataset_kwargs"):
         if name in ckpt.extras:
-            manifest[name] = _jsonable(ckpt.extras[name])
+            manifest[name] = _jsonable(ckpt.extras[name], str(path))
     return Backbone(params=params, config=config, manifest=manifest)
 
 
@@ -360,18 +360,48 @@ def tree_sha256(params) -> str:
     return h.hexdigest()
 
 
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float | int | str | bool) or obj is None:
-        return obj
-    return repr(obj)
+# What a checkpoint may put into manifest.json (its loss_fn and dataset_kwargs): values counted
+# with repetition (a shared list counts each time it appears, as JSON writes it), and nesting.
+MAX_MANIFEST_VALUES = 100_000
+MAX_MANIFEST_DEPTH = 64
+
+
+def _jsonable(obj, source: str = ""):
+    """A JSON-ready copy of checkpoint data (dicts, lists, scalars; arrays as lists).
+
+    The copy is a tree, as JSON is: shared containers are copied each time they appear, so the
+    values are counted (with repetition) and refused beyond :data:`MAX_MANIFEST_VALUES` — a
+    ~1 KB "billion laughs" list (the same list 10x per level, 40 levels) would otherwise expand
+    until memory runs out — as is nesting beyond :data:`MAX_MANIFEST_DEPTH`.
+    """
+    left = [MAX_MANIFEST_VALUES]
+
+    def refuse(what: str, limit: str):
+        return BackboneError(
+            f"{source or 'checkpoint'}: the {what} of the checkpoint's metadata for the manifest "
+            f"(loss_fn, dataset_kwargs), counted as JSON writes them, exceed the loader's limit "
+            f"{limit}; the file is corrupt or hostile"
+        )
+
+    def convert(x, depth: int):
+        left[0] -= x.size if isinstance(x, np.ndarray) else 1
+        if left[0] < 0:
+            raise refuse("values", f"MAX_MANIFEST_VALUES = {MAX_MANIFEST_VALUES:,}")
+        if depth > MAX_MANIFEST_DEPTH:
+            raise refuse("nesting", f"MAX_MANIFEST_DEPTH = {MAX_MANIFEST_DEPTH}")
+        if isinstance(x, Mapping):
+            return {str(k): convert(v, depth + 1) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [convert(v, depth + 1) for v in x]
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, float | int | str | bool) or x is None:
+            return x
+        return repr(x)
+
+    return convert(obj, 0)
 
 
 def save_backbone(backbone: Backbone, directory: str | os.PathLike) -> pathlib.Path:
@@ -416,7 +446,17 @@ def load_ported(directory: str | os.PathLike) -> Backbone:
         manifest.get("class_name"), manifest.get("init_kwargs"), source=str(manifest_path)
     )
     try:
-        params = checkpoint.restore_pytree(directory / PARAMS_DIR)
+        # Only the metadata is read here; the declared names and shapes (and chunk shapes) must
+        # be the architecture's before anything is allocated.
+        declared = checkpoint.read_metadata(directory / PARAMS_DIR)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+        raise BackboneError(
+            f"{directory / PARAMS_DIR}: cannot restore parameters ({type(e).__name__}: {e}). "
+            "The folder is incomplete or corrupt; port the source again."
+        ) from e
+    _check_params(declared, config, directory / PARAMS_DIR)
+    try:
+        params = checkpoint.restore_pytree(directory / PARAMS_DIR, declared)
     except (ValueError, KeyError, FileNotFoundError, OSError) as e:
         raise BackboneError(
             f"{directory / PARAMS_DIR}: cannot restore parameters ({type(e).__name__}: {e}). "

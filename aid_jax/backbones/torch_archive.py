@@ -32,6 +32,7 @@ so a corrupt file raises :class:`CheckpointError` instead of reading stray memor
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import io
 import math
@@ -49,7 +50,17 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
+    "INFLATE_BUDGET_BASE",
+    "INFLATE_BUDGET_RATIO",
+    "MAX_HASHED_ELEMENTS",
+    "MAX_NESTING_DEPTH",
+    "MAX_PICKLE_OBJECTS",
+    "MAX_PICKLE_OPCODES",
+    "MAX_ZIP_MEMBERS",
+    "PICKLE_COPY_BASE",
+    "PICKLE_COPY_RATIO",
     "CheckpointError",
+    "PickleBudget",
     "Inert",
     "ModuleRecord",
     "PickledArray",
@@ -97,6 +108,40 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
     "ComplexDoubleStorage": np.dtype("<c16"),
 }
 _BYTES = (bytes, bytearray, memoryview)
+
+
+# --------------------------------------------------------------------------------------------
+# Limits. Every reader path is bounded by these (docs/ARCHITECTURE.md lists them with the limits
+# of checkpoint_reader, loader and checkpoint); exceeding one raises CheckpointError naming the
+# limit and the file. None is near what a legitimate checkpoint needs.
+
+# Containers (tuple/list/dict/set/frozenset) inside containers, as a pickle builds them. Tuples
+# are checked when they are created, before anything can hash them: CPython hashes (and
+# compares) nested tuples recursively in C without a depth guard, so a 300k-deep tuple used as
+# a dict key or set element crashes the process.
+MAX_NESTING_DEPTH = 100
+# Elements of one tuple counted with repetition (what hashing it visits): a few hundred bytes of
+# shared tuples (``t = (t,) * 10``, 40 times) would otherwise hash for ever.
+MAX_HASHED_ELEMENTS = 1_000_000
+# Opcodes interpreted per file, over all its pickles (NVIDIA pickles embed one per storage).
+MAX_PICKLE_OPCODES = 20_000_000
+# Objects a file's pickles may create (opcodes that allocate: containers, strings, numbers,
+# calls, memo entries, marks). One-byte opcodes such as EMPTY_SET make ~230x their size.
+MAX_PICKLE_OBJECTS = 1_000_000
+# What allowlisted callables and BUILD may copy (bytes of str/bytes arguments, 64 units per
+# container element), per file: PICKLE_COPY_RATIO x file size + PICKLE_COPY_BASE. A memoised
+# argument can be passed to many calls (``set(big_list)`` a million times).
+PICKLE_COPY_RATIO = 4
+PICKLE_COPY_BASE = 64 * 2**20
+# Bytes inflated from compressed zip members, charged while inflating, over all members:
+# INFLATE_BUDGET_RATIO x file size + INFLATE_BUDGET_BASE; a member may not inflate beyond its
+# declared size (nor a storage beyond numel x itemsize).
+INFLATE_BUDGET_RATIO = 4
+INFLATE_BUDGET_BASE = 64 * 2**20
+# Members of a zip archive (torch writes one per storage plus a few).
+MAX_ZIP_MEMBERS = 100_000
+# Materialised tensors: UntrustedFile.budget (4 x file size + 64 MiB), see below.
+_INFLATE_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,6 +576,82 @@ class _Callable:
         raise CheckpointError(f"unexpected BUILD of {self._name}")
 
 
+class PickleBudget:
+    """What the pickles of one file may still spend: opcodes, objects and copied units.
+
+    One budget is shared by every :class:`RestrictedUnpickler` reading the same file (an NVIDIA
+    pickle embeds a legacy pickle per storage), so nested pickles cannot multiply the limits:
+    :data:`MAX_PICKLE_OPCODES`, :data:`MAX_PICKLE_OBJECTS` and the copy budget
+    (:data:`PICKLE_COPY_RATIO` x file size + :data:`PICKLE_COPY_BASE`).
+    """
+
+    __slots__ = ("path", "opcodes", "objects", "copy", "copy_limit")
+
+    def __init__(self, path: str, file_size: int):
+        self.path = path
+        self.opcodes = MAX_PICKLE_OPCODES
+        self.objects = MAX_PICKLE_OBJECTS
+        self.copy_limit = PICKLE_COPY_RATIO * file_size + PICKLE_COPY_BASE
+        self.copy = self.copy_limit
+
+    def exceeded(self, what: str, limit: str) -> CheckpointError:
+        """The error for an exhausted limit: names the file, what ran out and the limit."""
+        return CheckpointError(
+            f"{self.path}: {what} exceeds the reader's limit {limit}; the file is corrupt or "
+            "hostile (no legitimate checkpoint comes near it)"
+        )
+
+    def charge_copy(self, units: int) -> None:
+        self.copy -= units
+        if self.copy < 0:
+            raise self.exceeded(
+                "the data copied by the pickle's calls",
+                f"PICKLE_COPY_RATIO x file size + PICKLE_COPY_BASE = {self.copy_limit:,} units",
+            )
+
+
+# Opcodes that allocate nothing (or a cached singleton); every other opcode counts as one
+# object against MAX_PICKLE_OBJECTS (MARK makes a list, PUT/MEMOIZE a memo entry, ...).
+_FREE_OPCODES = (
+    pickle.POP
+    + pickle.POP_MARK
+    + pickle.DUP
+    + pickle.GET
+    + pickle.BINGET
+    + pickle.LONG_BINGET
+    + pickle.STOP
+    + pickle.PROTO
+    + pickle.FRAME
+    + pickle.APPEND
+    + pickle.APPENDS
+    + pickle.SETITEM
+    + pickle.SETITEMS
+    + pickle.ADDITEMS
+    + pickle.NONE
+    + pickle.NEWTRUE
+    + pickle.NEWFALSE
+    + pickle.EMPTY_TUPLE
+    + pickle.BININT1
+    + pickle.BUILD
+)
+_OBJECT_COST = bytes(0 if i in _FREE_OPCODES else 1 for i in range(256))
+_CONTAINERS = (tuple, list, dict, set, frozenset)
+
+
+def _copy_units(x: Any, inner: bool = True) -> int:
+    """What copying `x` may cost: bytes of str/bytes, 64 per container element; tuples (call
+    arguments, BUILD states) are looked into one level."""
+    if isinstance(x, str | bytes | bytearray):
+        return len(x)
+    if isinstance(x, memoryview):
+        return x.nbytes
+    if isinstance(x, tuple):
+        return 64 * len(x) + (sum(_copy_units(y, False) for y in x) if inner else 0)
+    if isinstance(x, list | dict | set | frozenset):
+        return 64 * len(x)
+    return 1
+
+
 # The pure-Python unpickler is used on purpose (it is as fast here: the work is in a few large
 # opcodes). The C one grows its memo *array* to the index named by PUT/LONG_BINPUT, so a 5-byte
 # opcode such as LONG_BINPUT 2**31 makes it allocate and zero gigabytes; the Python one keeps
@@ -549,6 +670,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         one, any persistent id is refused.
       refusal: builds the :class:`UnsafeCheckpointError` message from the refused global's
         dotted name (cut at 200 characters); the default names path, context and the remedy.
+      budget: the file's :class:`PickleBudget`, shared by all its pickles; a new one (sized by
+        this pickle) if omitted.
+
+    Limits: :data:`MAX_PICKLE_OPCODES` and :data:`MAX_PICKLE_OBJECTS` are charged before each
+    opcode runs, :data:`MAX_NESTING_DEPTH` and :data:`MAX_HASHED_ELEMENTS` as containers are
+    built (tuples before anything can hash them), the copy budget before each call or BUILD.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
@@ -562,6 +689,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         persistent: Callable[[Any], Any] | None = None,
         *,
         refusal: Callable[[str], str] | None = None,
+        budget: PickleBudget | None = None,
     ):
         super().__init__(file)
         pos = file.tell()
@@ -572,6 +700,186 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._allowed = allowed
         self._persistent = persistent
         self._refusal = refusal
+        self._budget = budget if budget is not None else PickleBudget(path, self._size)
+        # id(container) -> (nesting depth, elements counted with repetition, container) for the
+        # containers this pickle built with depth >= 2 (the container keeps its id unique).
+        self._nesting: dict[int, tuple[int, int, Any]] = {}
+
+    def load(self) -> Any:
+        """pickle's ``load`` loop, charging each opcode to the budget before it runs."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)
+        self.read = self._unframer.read
+        self.readinto = self._unframer.readinto
+        self.readline = self._unframer.readline
+        self.metastack = []
+        self.stack = []
+        self.append = self.stack.append
+        self.proto = 0
+        read = self.read
+        dispatch = self.dispatch
+        cost = _OBJECT_COST
+        budget = self._budget
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                op = key[0]
+                budget.opcodes -= 1
+                budget.objects -= cost[op]
+                if budget.opcodes < 0 or budget.objects < 0:
+                    self._exhausted()
+                dispatch[op](self)
+        except pickle._Stop as stop:
+            return stop.value
+
+    def _exhausted(self) -> None:
+        b = self._budget
+        if b.opcodes < 0:
+            raise b.exceeded(
+                f"the number of opcodes in the {self._context}",
+                f"MAX_PICKLE_OPCODES = {MAX_PICKLE_OPCODES:,}",
+            )
+        raise b.exceeded(
+            f"the number of objects the {self._context} creates",
+            f"MAX_PICKLE_OBJECTS = {MAX_PICKLE_OBJECTS:,}",
+        )
+
+    # ---- nesting: every container records its depth as it is built -------------------------
+
+    def _nest(self, obj: Any, items: Any) -> None:
+        """Record that container `obj` now holds `items`; refuse too deep or too large tuples."""
+        rec = self._nesting
+        r = rec.get(id(obj))
+        depth = r[0] if r is not None else 1
+        is_tuple = type(obj) is tuple
+        expanded = len(obj) if is_tuple else 0
+        for x in items:
+            if isinstance(x, _CONTAINERS):
+                c = rec.get(id(x))
+                d, e = (c[0], c[1]) if c is not None else (1, len(x))
+                if d >= depth:
+                    depth = d + 1
+                if is_tuple and type(x) is tuple:
+                    expanded += e
+        if depth > MAX_NESTING_DEPTH:
+            raise self._budget.exceeded(
+                f"the nesting of containers in the {self._context}",
+                f"MAX_NESTING_DEPTH = {MAX_NESTING_DEPTH}",
+            )
+        if expanded > MAX_HASHED_ELEMENTS:
+            raise self._budget.exceeded(
+                f"a tuple of the {self._context} (its elements counted with repetition)",
+                f"MAX_HASHED_ELEMENTS = {MAX_HASHED_ELEMENTS:,}",
+            )
+        if depth > 1:
+            rec[id(obj)] = (depth, expanded, obj)
+
+    def _built(self) -> None:  # TUPLE, TUPLE1-3, LIST, DICT, FROZENSET: the new container on top
+        obj = self.stack[-1]
+        self._nest(obj, [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj)
+
+    # Tuples are checked as soon as they exist, before the next opcode can put them into a dict
+    # or set: CPython hashes nested tuples recursively in C, without a depth guard.
+    def _tuple1(self) -> None:
+        pickle._Unpickler.load_tuple1(self)
+        self._built()
+
+    def _tuple2(self) -> None:
+        pickle._Unpickler.load_tuple2(self)
+        self._built()
+
+    def _tuple3(self) -> None:
+        pickle._Unpickler.load_tuple3(self)
+        self._built()
+
+    def _tuple(self) -> None:
+        pickle._Unpickler.load_tuple(self)
+        self._built()
+
+    def _list(self) -> None:
+        pickle._Unpickler.load_list(self)
+        self._built()
+
+    def _frozenset(self) -> None:
+        pickle._Unpickler.load_frozenset(self)
+        self._built()
+
+    def _dict(self) -> None:
+        pickle._Unpickler.load_dict(self)  # (its keys' tuples were checked when built)
+        self._built()
+
+    def _append(self) -> None:
+        self._nest(self.stack[-2], self.stack[-1:])
+        pickle._Unpickler.load_append(self)
+
+    def _appends(self) -> None:
+        if self.metastack:
+            self._nest(self.metastack[-1][-1], self.stack)
+        pickle._Unpickler.load_appends(self)
+
+    def _setitem(self) -> None:
+        self._nest(self.stack[-3], self.stack[-2:])
+        pickle._Unpickler.load_setitem(self)
+
+    def _setitems(self) -> None:
+        if self.metastack:
+            self._nest(self.metastack[-1][-1], self.stack)
+        pickle._Unpickler.load_setitems(self)
+
+    def _additems(self) -> None:
+        if self.metastack:
+            self._nest(self.metastack[-1][-1], self.stack)
+        pickle._Unpickler.load_additems(self)
+
+    # ---- copies: calls and BUILD are charged for what they may copy --------------------------
+
+    def _reduce(self) -> None:
+        self._budget.charge_copy(_copy_units(self.stack[-1]))
+        pickle._Unpickler.load_reduce(self)
+
+    def _newobj(self) -> None:
+        self._budget.charge_copy(_copy_units(self.stack[-1]))
+        pickle._Unpickler.load_newobj(self)
+
+    def _newobj_ex(self) -> None:
+        self._budget.charge_copy(_copy_units(self.stack[-1]) + _copy_units(self.stack[-2]))
+        pickle._Unpickler.load_newobj_ex(self)
+
+    def _obj(self) -> None:
+        self._budget.charge_copy(_copy_units(tuple(self.stack)))
+        pickle._Unpickler.load_obj(self)
+
+    def _inst(self) -> None:
+        self._budget.charge_copy(_copy_units(tuple(self.stack)))
+        pickle._Unpickler.load_inst(self)
+
+    def _build(self) -> None:
+        self._budget.charge_copy(_copy_units(self.stack[-1]))
+        pickle._Unpickler.load_build(self)
+
+    for _code, _method in (
+        (pickle.TUPLE1, _tuple1),
+        (pickle.TUPLE2, _tuple2),
+        (pickle.TUPLE3, _tuple3),
+        (pickle.TUPLE, _tuple),
+        (pickle.LIST, _list),
+        (pickle.FROZENSET, _frozenset),
+        (pickle.DICT, _dict),
+        (pickle.APPEND, _append),
+        (pickle.APPENDS, _appends),
+        (pickle.SETITEM, _setitem),
+        (pickle.SETITEMS, _setitems),
+        (pickle.ADDITEMS, _additems),
+        (pickle.REDUCE, _reduce),
+        (pickle.NEWOBJ, _newobj),
+        (pickle.NEWOBJ_EX, _newobj_ex),
+        (pickle.OBJ, _obj),
+        (pickle.INST, _inst),
+        (pickle.BUILD, _build),
+    ):
+        dispatch[_code[0]] = _method
+    del _code, _method
 
     def find_class(self, module: str, name: str) -> Any:
         # Called for GLOBAL, STACK_GLOBAL, INST and EXT before anything is invoked; nothing is
@@ -721,6 +1029,10 @@ class UntrustedFile:
         self.data = data
         self.budget = 4 * len(data) + 64 * 2**20
         self.tensor_cache: dict[int, np.ndarray] = {}
+        # Shared by every pickle of the file, and by every compressed zip member.
+        self.pickle_budget = PickleBudget(path, len(data))
+        self.inflate_limit = INFLATE_BUDGET_RATIO * len(data) + INFLATE_BUDGET_BASE
+        self.inflate_budget = self.inflate_limit
 
     def error(self, msg: str) -> CheckpointError:
         """A :class:`CheckpointError` whose message starts with the path."""
@@ -843,6 +1155,11 @@ class TorchZipArchive:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
             raise file.error(f"corrupt or truncated zip archive ({e}); {expected}") from e
         self._zip = zf
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise file.pickle_budget.exceeded(
+                f"the number of zip members ({len(infos):,})",
+                f"MAX_ZIP_MEMBERS = {MAX_ZIP_MEMBERS:,}",
+            )
         for info in infos:
             name = info.filename
             parts = name.split("/")
@@ -883,19 +1200,24 @@ class TorchZipArchive:
         return self.read_member(info)
 
     def read_member(self, info: zipfile.ZipInfo) -> memoryview:
-        """A member's bytes: a zero-copy, CRC-checked view for stored members."""
+        """A member's CRC-checked bytes: a zero-copy view of a stored member; a deflate or
+        bzip2 member is inflated in chunks, charged to the file's inflate budget as it grows
+        and stopped as soon as it exceeds its declared size."""
         if info.flag_bits & 0x1:
             raise self.file.error(f"zip member {info.filename!r} is encrypted")
         if info.file_size > self.file.budget:
             raise self.file.error(f"zip member {info.filename!r} is implausibly large")
-        if info.compress_type != zipfile.ZIP_STORED:
-            return memoryview(self._zip.read(info))  # zipfile checks the CRC
         h = info.header_offset
         data = self.file.data
         if h < 0 or h + 30 > len(data) or data[h : h + 4] != b"PK\x03\x04":
             raise self.file.error(f"zip member {info.filename!r} has a corrupt local header")
         n, e = struct.unpack_from("<HH", data, h + 26)
         start = h + 30 + n + e
+        if info.compress_type != zipfile.ZIP_STORED:
+            end = start + info.compress_size
+            if end > len(data):
+                raise self.file.error(f"zip member {info.filename!r} is truncated")
+            return self._inflate(info, memoryview(data)[start:end])
         end = start + info.file_size
         if info.compress_size != info.file_size or end > len(data):
             raise self.file.error(f"zip member {info.filename!r} is truncated")
@@ -905,6 +1227,55 @@ class TorchZipArchive:
                 f"zip member {info.filename!r} fails its CRC check (file corrupted)"
             )
         return view
+
+    def _inflate(self, info: zipfile.ZipInfo, raw: memoryview) -> memoryview:
+        # zipfile.read would inflate a whole bzip2 block (gigabytes from kilobytes) before any
+        # size check; here every chunk is bounded and charged before the next one is made.
+        name = info.filename
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            dec: Any = zlib.decompressobj(-15)
+        elif info.compress_type == zipfile.ZIP_BZIP2:
+            dec = bz2.BZ2Decompressor()
+        else:
+            raise self.file.error(
+                f"zip member {name!r} uses compression method {info.compress_type}; only "
+                "stored, deflate and bzip2 members are read"
+            )
+        out = bytearray()
+        crc = 0
+        pending: Any = raw
+        while True:
+            want = min(_INFLATE_CHUNK, info.file_size - len(out) + 1)
+            piece = dec.decompress(pending, want)
+            if isinstance(dec, bz2.BZ2Decompressor):
+                pending = b""  # it keeps unconsumed input itself
+                stalled = not piece and dec.needs_input
+            else:
+                pending = dec.unconsumed_tail
+                stalled = not piece and not pending
+            self.file.inflate_budget -= len(piece)
+            if self.file.inflate_budget < 0:
+                raise self.file.pickle_budget.exceeded(
+                    f"the bytes inflated from compressed zip members (at {name!r})",
+                    "INFLATE_BUDGET_RATIO x file size + INFLATE_BUDGET_BASE = "
+                    f"{self.file.inflate_limit:,} bytes",
+                )
+            if len(out) + len(piece) > info.file_size:
+                raise self.file.error(
+                    f"zip member {name!r} inflates beyond its declared {info.file_size} bytes "
+                    "(a decompression bomb or a corrupt archive)"
+                )
+            out += piece
+            crc = zlib.crc32(piece, crc)
+            if dec.eof:
+                break
+            if stalled:
+                raise self.file.error(f"zip member {name!r} is truncated (compressed data ends)")
+        if len(out) != info.file_size or crc != info.CRC:
+            raise self.file.error(
+                f"zip member {name!r} fails its size or CRC check (file corrupted)"
+            )
+        return memoryview(out).toreadonly()
 
     def unpickle(
         self,
@@ -917,7 +1288,9 @@ class TorchZipArchive:
         # Pickles in archives are small (storages live in their own members): C-level reads
         # from a copy are faster than a ViewFile.
         pkl = io.BytesIO(bytes(self.read(name)))
-        return RestrictedUnpickler(pkl, self.file.path, context, allowed, persistent).load()
+        return RestrictedUnpickler(
+            pkl, self.file.path, context, allowed, persistent, budget=self.file.pickle_budget
+        ).load()
 
     def storages(self, context: str) -> StorageTable:
         """The ``persistent_load`` of this archive's pickles: storage `key` is ``data/<key>``."""
@@ -929,6 +1302,11 @@ class TorchZipArchive:
         if info is None:
             raise self.file.error(
                 f"{self.kind} archive lacks the storage entry {self.prefix}{name}"
+            )
+        if info.file_size != numel * dtype.itemsize:  # checked before anything is inflated
+            raise self.file.error(
+                f"storage {self.prefix}{name} has {info.file_size} bytes, expected "
+                f"{numel * dtype.itemsize} ({numel} x {dtype})"
             )
         raw = self.read_member(info)
         if len(raw) != numel * dtype.itemsize:
