@@ -38,6 +38,12 @@ chosen image; True = on (an error if the backbone is unconditional or the data u
 False = off: a conditional backbone then gets its zero class vector (explicit zero rows), as
 before labels were wired in. An unconditional backbone never gets labels. results.json records
 the choice under data.labels.
+
+Latent backbones (`config.vae`, docs/LATENT.md): with `config.vae.path` (or `.random`) set, the
+backbone denoises the VAE's latents and every method entry runs as `"latent/<method>"`
+(aid_jax.latent: the observation encoded once, the method in latent space, decoded once); data,
+masks and metrics stay in pixels (a `vae_latents` data source is unwrapped to its images), and
+each row also records the VAE encoder/decoder passes per sample.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from aid_jax import backbones, masks, methods, report, sharding
+from aid_jax import backbones, latent, masks, methods, report, sharding
 from aid_jax import images as image_lib
 from aid_jax.data import pipeline, sources
 from aid_jax.metrics import fid as fid_lib
@@ -108,6 +114,23 @@ def _names(value, available, what: str) -> list[str]:
     return names
 
 
+def latent_config(config) -> bool:
+    """Whether the config runs a latent backbone (``config.vae`` with a path or a recipe)."""
+    vae = config.get("vae")
+    return bool(vae) and bool(vae.get("path") or vae.get("random"))
+
+
+def registry_name(config, name: str) -> str:
+    """The registry name entry ``name`` runs: its ``method``, as ``"latent/<method>"`` when the
+    config has a VAE (:func:`latent_config`)."""
+    method = config.methods[name].method
+    from aid_jax.methods.registry import LATENT_PREFIX as prefix
+
+    if latent_config(config) and not method.startswith(prefix):
+        return prefix + method
+    return method
+
+
 def method_options(config, name: str, steps: int) -> dict[str, Any]:
     """The options the harness passes to method entry ``name`` at ``steps`` steps: the entry's
     options, ``num_steps``, and (for a method whose sample rows share work, e.g. VIPaint's one
@@ -115,7 +138,7 @@ def method_options(config, name: str, steps: int) -> dict[str, Any]:
     entry = config.methods[name]
     options = dict(entry.options.to_dict()) if "options" in entry else {}
     options["num_steps"] = steps
-    samples_option = methods.get(entry.method).samples_option
+    samples_option = methods.get(registry_name(config, name)).samples_option
     if samples_option:
         options[samples_option] = int(config.eval.samples_per_image)
     return options
@@ -123,12 +146,14 @@ def method_options(config, name: str, steps: int) -> dict[str, Any]:
 
 def _check_method_entry(config, name: str) -> None:
     entry = config.methods[name]
-    if entry.method not in methods.REGISTRY:
+    try:
+        registered = methods.get(registry_name(config, name))
+    except ValueError as e:
         raise EvaluationError(
-            f"config.methods.{name}.method={entry.method!r} is not an inpainting method; "
+            f"config.methods.{name}.method={entry.method!r} is not an inpainting method ({e}); "
             f"known: {', '.join(sorted(methods.REGISTRY))}"
-        )
-    samples_option = methods.get(entry.method).samples_option
+        ) from e
+    samples_option = registered.samples_option
     if samples_option:
         if samples_option in entry.get("options", {}):
             raise EvaluationError(
@@ -147,7 +172,7 @@ def _check_method_entry(config, name: str) -> None:
         raise EvaluationError(f"config.methods.{name}.steps must be positive ints, got {steps}")
     for s in steps:  # option names and values (the method's cost checks them)
         try:
-            methods.method_cost(entry.method, **method_options(config, name, int(s)))
+            methods.method_cost(registry_name(config, name), **method_options(config, name, int(s)))
         except ValueError as e:
             raise EvaluationError(f"config.methods.{name}: {e}") from e
 
@@ -216,7 +241,7 @@ def _inception(config):
 
 
 def _load_eval_set(config, image_shape):
-    source = sources.make_source(config.data)
+    source = sources.make_source(latent.pixel_data_config(config.data))
     if tuple(source.image_shape) != tuple(image_shape):
         raise EvaluationError(
             f"data {source.name} has images {source.image_shape}, the backbone expects "
@@ -401,6 +426,8 @@ class _Setup:
     references: dict[str, np.ndarray]  # feature network tag -> reference features
     mesh: Any
     params: Any  # the backbone's parameters, replicated on the mesh
+    space: Any = None  # latent.LatentSpace (VAE parameters replicated) of a latent backbone
+    vae_sha256: str = ""  # of the VAE's parameters (job fingerprints)
     paired: dict = dataclasses.field(default_factory=dict)  # filled by _write (_paired)
 
     @property
@@ -429,7 +456,12 @@ def _setup(config, workdir: pathlib.Path, todo) -> _Setup:
     reference features, the mesh and the replicated parameters."""
     workdir.mkdir(parents=True, exist_ok=True)
     backbone = backbones.backbone_from_config(config.backbone)
-    shape = backbone.image_shape
+    shape, space = backbone.image_shape, None
+    if latent_config(config):  # pixel images of the latent shape × the VAE's factor
+        space = latent.space_from_config(config.vae)
+        data_shape = sources.make_source(latent.pixel_data_config(config.data)).image_shape
+        latent.check_pipeline(shape, space, data_shape)
+        shape = space.image_shape(shape)
     source, idx, gt, labels = _load_eval_set(config, shape)
     k = int(config.eval.samples_per_image)
     label_rows, labels_used, labels_note = _eval_labels(
@@ -441,12 +473,17 @@ def _setup(config, workdir: pathlib.Path, todo) -> _Setup:
     inception_net = _inception(config)
     feature_nets = [(t, net) for t, net in (("lenet", extractor), ("inception", inception_net))]
     feature_nets = [(t, net) for t, net in feature_nets if net is not None]
-    ref_source = sources.make_source(config.metrics.reference_data or config.data)
+    ref_source = sources.make_source(
+        latent.pixel_data_config(config.metrics.reference_data or config.data)
+    )
     cache = pathlib.Path(config.metrics.cache_dir or workdir / "cache")
     references = {
         t: _reference_features(net, ref_source, config, cache, t) for t, net in feature_nets
     }
     mesh = sharding.make_mesh()
+    vae_sha256 = "" if space is None else _tree_sha256(space.params)
+    if space is not None:
+        space = dataclasses.replace(space, params=sharding.replicate(space.params, mesh))
     return _Setup(
         config=config,
         workdir=workdir,
@@ -469,6 +506,8 @@ def _setup(config, workdir: pathlib.Path, todo) -> _Setup:
         references=references,
         mesh=mesh,
         params=sharding.replicate(backbone.params, mesh),
+        space=space,
+        vae_sha256=vae_sha256,
     )
 
 
@@ -511,7 +550,7 @@ class _Programs:
     def __init__(self, ev: _Setup):
         self.ev = ev
         self.resources = methods.Resources(
-            backbone=ev.backbone, place=lambda p: sharding.replicate(p, ev.mesh)
+            backbone=ev.backbone, place=lambda p: sharding.replicate(p, ev.mesh), vae=ev.space
         )
         self.inpainters: dict[tuple[str, int], methods.Inpainter] = {}
         self.executables: dict[tuple[str, int], Any] = {}
@@ -525,7 +564,7 @@ class _Programs:
                 return backbones.denoise(p, x, sigma, class_labels, config=bconfig)
 
             self.inpainters[(name, steps)] = methods.make_inpainter(
-                self.ev.config.methods[name].method,
+                registry_name(self.ev.config, name),
                 denoise_with_params,
                 label_dim=self.ev.label_dim,
                 resources=self.resources,
@@ -583,6 +622,12 @@ def _evaluate(ev: _Setup, todo) -> tuple[list[dict], dict, dict]:
             "seconds_per_image": seconds / (ev.num_batches * ev.batch),
             "compile_seconds": programs.compile_seconds[(method_name, steps)],
         }
+        if ev.space is not None:  # VAE passes per sample (aid_jax.latent)
+            row.update(
+                encoder_calls=int(fn.encoder_calls),
+                decoder_calls=int(fn.decoder_calls),
+                decoder_backward=int(fn.decoder_backward),
+            )
         per_image, row["metrics"], composites = _score(ev, x, mask_name)
         rows.append(row)
         for name, v in per_image.items():
@@ -634,6 +679,9 @@ def _job_fingerprint(ev: _Setup, programs, mask_name: str, method_name: str, ste
         metrics=config.metrics.to_dict(),
         grid_images=int(config.eval.grid_images),
     )
+    if ev.space is not None:  # a latent run: the VAE and the pipeline's options
+        payload["vae"] = [str(config.vae.get("path", "")), ev.vae_sha256]
+        payload["method"].append(fn.method)
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -9,10 +9,11 @@ compared image by image without rerunning the baselines:
 
     PYTHONPATH=. python benchmarks/aid_vs_tuned.py runs/aid_lpips/eval --method aid --steps 10
 
-prints, per mask and over the three masks, the module's mean LPIPS on the hole and the paired
-difference to each chosen baseline at NFE 10 and 20 (forward NFE; ΠGDM/DPS also pay as many
-backward passes) with its 95 % bootstrap interval; ``--out`` writes JSON. Validation only: this
-never reads a test image, so it is what selection may use.
+(``--also deft=runs/deft_val:deft@10`` adds other modules evaluated on the same block — their
+pairing is checked the same way) prints, per mask and over the three masks, the module's mean
+LPIPS on the hole and the paired difference to each chosen baseline at NFE 10 and 20 (forward
+NFE; ΠGDM/DPS also pay as many backward passes) with its 95 % bootstrap interval; ``--out``
+writes JSON. Validation only: this never reads a test image, so it is what selection may use.
 """
 
 from __future__ import annotations
@@ -75,10 +76,33 @@ def check_pairing(eval_dir: pathlib.Path, baselines: dict, metric: str) -> int:
     return n
 
 
-def compare(eval_dir, tune_dir, method, steps, metric="lpips_hole", budgets=(10, 20)) -> dict:
+def parse_also(spec: str) -> tuple[str, pathlib.Path, str, int]:
+    """``NAME=EVAL_DIR:METHOD@STEPS`` -> (name, eval_dir, method, steps)."""
+    try:
+        name, rest = spec.split("=", 1)
+        folder, what = rest.rsplit(":", 1)
+        method, steps = what.split("@")
+        return name, pathlib.Path(folder), method, int(steps)
+    except ValueError:
+        raise ValueError(f"--also {spec!r}: write NAME=EVAL_DIR:METHOD@STEPS") from None
+
+
+def compare(
+    eval_dir, tune_dir, method, steps, metric="lpips_hole", budgets=(10, 20), also=()
+) -> dict:
+    """``also``: (name, eval_dir, method, steps) of other modules evaluated on the same block
+    (their pairing is checked on DDNM@10 too); they become rows next to the baselines."""
     ours = module_values(pathlib.Path(eval_dir), method, steps, metric)
     baselines = chosen_baselines(pathlib.Path(tune_dir), budgets)
     checked = check_pairing(pathlib.Path(eval_dir), baselines, metric)
+    for name, other_dir, other_method, other_steps in also:
+        checked += check_pairing(pathlib.Path(other_dir), baselines, metric)
+        values = module_values(pathlib.Path(other_dir), other_method, other_steps, metric)
+        entry = f"{other_method}@{other_steps}"
+        baselines = dict(baselines)
+        baselines[name] = dict(
+            per_image={f"{m}/{entry}/0/{metric}": values[m] for m in MASKS}, entry=entry, steps=0
+        )
     rows = {}
     for name, b in baselines.items():
         row = {}
@@ -130,8 +154,15 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--metric", default="lpips_hole")
     p.add_argument("--out", default="")
+    p.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        help="other modules on the same block, NAME=EVAL_DIR:METHOD@STEPS",
+    )
     args = p.parse_args()
-    result = compare(args.eval_dir, args.tune_dir, args.method, args.steps, args.metric)
+    also = [parse_also(a) for a in args.also]
+    result = compare(args.eval_dir, args.tune_dir, args.method, args.steps, args.metric, also=also)
     print(markdown(result))
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -51,3 +51,27 @@ def test_paired_differences_and_the_pairing_check(tmp_path):
     ev2, tune2 = _fake(tmp_path / "other", shift=0.01)
     with pytest.raises(ValueError, match="not be paired"):
         aid_vs_tuned.compare(ev2, tune2, "aid", 10)
+
+
+def test_other_modules_on_the_same_block(tmp_path):
+    """--also: another module's eval folder joins as a row, paired image by image, and its own
+    DDNM@10 must match the tuning's too."""
+    ev, tune = _fake(tmp_path)
+    other = tmp_path / "other_eval"
+    other.mkdir()
+    mine = np.load(ev / "per_image.npz")
+    vals = {k: mine[k] for k in mine.files if "ddnm_nfe10" in k}
+    for m in aid_vs_tuned.MASKS:
+        vals[f"{m}/deft/10/lpips_hole"] = mine[f"{m}/aid/10/lpips_hole"] + 0.02
+    np.savez(other / "per_image.npz", **vals)
+    spec = aid_vs_tuned.parse_also(f"deft={other}:deft@10")
+    result = aid_vs_tuned.compare(ev, tune, "aid", 10, also=[spec])
+    d = result["rows"]["deft"]["all"]["delta"]
+    assert d["mean"] == pytest.approx(-0.02) and d["hi"] < 0
+    assert result["pairing_checked"] == 96
+    vals = {k: v + 0.01 if "ddnm_nfe10" in k else v for k, v in vals.items()}
+    np.savez(other / "per_image.npz", **vals)
+    with pytest.raises(ValueError, match="not be paired"):
+        aid_vs_tuned.compare(ev, tune, "aid", 10, also=[spec])
+    with pytest.raises(ValueError, match="NAME=EVAL_DIR"):
+        aid_vs_tuned.parse_also("deft")

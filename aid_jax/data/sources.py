@@ -12,11 +12,18 @@
 | `tfds` | a TFDS dataset prepared locally (ArrayRecord) | lazily (TFDS random access) |
 | `npz` | an `.npz` with `images` (+ `labels`) | in memory |
 | `synthetic` | random blobs, for tests | in memory |
+| `vae_latents` | another source (`images`) encoded by a VAE (`vae`) | lazily (encoded in `get`) |
 
 Every source has `__len__`, `get(indices) -> (images uint8 [B, H, W, C], labels int32 [B])`,
 `image_shape` (H, W, C), `num_classes` (0 when unlabelled; labels are then -1) and `name` (a short,
 path-independent identifier that resumable iterators record, e.g. `fashion_mnist/train`,
 `folder/afhqv2-64x64`).
+
+`vae_latents` serves a latent backbone's training (docs/LATENT.md): its `get` returns the
+posterior-mean latents of the `images` source (EDM2's scaling), as float32 in the pipeline's
+uint8 units, (z + 1)·127.5, so that `pipeline.to_model_range` gives the latents z back (the
+trainers call it on every source); `image_shape` is the latent shape. The evaluation harness
+unwraps it to its `images` (`aid_jax.latent.pixel_data_config`).
 
 Missing data never triggers a download: every source raises `DataError` at construction, naming
 the path and the command that installs or prepares the data. Corrupt files raise `DataError`
@@ -60,6 +67,7 @@ SOURCES = (
     "tfds",
     "npz",
     "synthetic",
+    "vae_latents",
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SKLEARN_HINT = (
@@ -794,6 +802,78 @@ class TfdsSource:
 
 
 # --------------------------------------------------------------------------------------------
+# A VAE's latents of another source (latent backbones' training data).
+
+
+class VAELatentSource:
+    """The latents of ``images`` (a source) under a VAE (``aid_jax.latent.LatentSpace``).
+
+    ``get`` encodes the images it has not encoded yet (posterior mean, the VAE's latent scaling;
+    in chunks of ``chunk`` images, the last one padded, so one program serves every call), keeps
+    them when ``cache`` is set, and returns float32 ``(z + 1)·127.5`` — the pipeline's uint8
+    units, so ``pipeline.to_model_range`` yields z (rounding ~1e-7) — with the images' labels.
+    """
+
+    def __init__(self, images, space, *, cache: bool = True, chunk: int = 16):
+        import jax
+
+        from aid_jax import latent
+
+        self.images, self.space = images, space
+        self._latent_shape = space.latent_shape(images.image_shape)  # the clear size errors
+        self.name = f"vae_latents/{images.name}"
+        self.num_classes = images.num_classes
+        self.chunk = int(chunk)
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._lock = threading.Lock()
+        self._encode = jax.jit(lambda p, x: latent.LatentSpace.encode(space, p, x))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._latent_shape)
+
+    def _encode_indices(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *self._latent_shape), np.float32)
+        for start in range(0, len(indices), self.chunk):
+            part = indices[start : start + self.chunk]
+            u8, _ = self.images.get(part)
+            x = u8.astype(np.float32) / 127.5 - 1.0
+            pad = self.chunk - len(part)
+            if pad:
+                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)])
+            z = np.asarray(self._encode(self.space.params, x))
+            out[start : start + len(part)] = z[: len(part)]
+        return out
+
+    def get(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        indices = _as_indices(indices, len(self), self.name)
+        if self._cache is None:
+            z = self._encode_indices(indices)
+        else:
+            with self._lock:
+                missing = np.unique([i for i in indices.tolist() if i not in self._cache])
+            if missing.size:
+                fresh = self._encode_indices(missing.astype(np.int64))
+                with self._lock:
+                    self._cache.update(zip(missing.tolist(), fresh, strict=True))
+            with self._lock:
+                z = (
+                    np.stack([self._cache[i] for i in indices.tolist()])
+                    if len(indices)
+                    else (np.empty((0, *self._latent_shape), np.float32))
+                )
+        table = getattr(self.images, "labels", None)  # in-memory and lazy sources keep them
+        if isinstance(table, np.ndarray):
+            labels = table[indices]
+        else:
+            _, labels = self.images.get(indices)
+        return (z + 1.0) * 127.5, labels
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def _config_dict(data_config) -> dict:
@@ -850,6 +930,18 @@ def make_source(data_config) -> Source:
             cfg.get("image_key", "images"),
             cfg.get("label_key", "labels"),
             cfg.get("num_classes"),
+        )
+    if name == "vae_latents":
+        from aid_jax import latent
+
+        if not cfg.get("images") or not cfg.get("vae"):
+            raise ValueError(
+                "data.name='vae_latents' needs data.images (the image source's config) and "
+                "data.vae (the VAE's config: path or random recipe)"
+            )
+        space = latent.space_from_config(cfg["vae"])
+        return VAELatentSource(
+            make_source(cfg["images"]), space, cache=bool(cfg.get("cache", True))
         )
     if name == "synthetic":
         return synthetic(

@@ -74,15 +74,25 @@ class InpaintResult:
         x: Raw samples ``[B, H, W, C]`` float32 (observed pixels not pasted back).
         nfe: Denoiser forward evaluations per sample (Python int).
         nfe_backward: Vector-Jacobian products through the denoiser per sample (Python int).
+        encoder_calls: VAE encoder passes per sample (latent methods, ``aid_jax.latent``; 0 in
+            pixel space).
+        decoder_calls: VAE decoder forward passes per sample (latent methods; 0 in pixel space).
+        decoder_backward: Vector-Jacobian products through the VAE decoder per sample (latent
+            methods with ``likelihood="pixel"``).
     """
 
     x: jax.Array
     nfe: int
     nfe_backward: int = 0
+    encoder_calls: int = 0
+    decoder_calls: int = 0
+    decoder_backward: int = 0
 
 
 jax.tree_util.register_dataclass(
-    InpaintResult, data_fields=["x"], meta_fields=["nfe", "nfe_backward"]
+    InpaintResult,
+    data_fields=["x"],
+    meta_fields=["nfe", "nfe_backward", "encoder_calls", "decoder_calls", "decoder_backward"],
 )
 
 
@@ -345,6 +355,8 @@ class Inpainter:
             ``AIDParams``, placed where the builder's ``Resources.place`` put them); None: the
             caller's backbone parameters (see :meth:`call_params`).
         image_shape: (H, W, C) the inputs must have, when the method fixes it; else None.
+        encoder_calls, decoder_calls, decoder_backward: VAE passes per sample (latent methods,
+            ``aid_jax.latent``; 0 in pixel space), as in :class:`InpaintResult`.
     """
 
     jitted: Callable[..., InpaintResult] = dataclasses.field(repr=False)
@@ -355,6 +367,9 @@ class Inpainter:
     label_dim: int = 0
     params: Any = dataclasses.field(default=None, repr=False)
     image_shape: tuple[int, int, int] | None = None
+    encoder_calls: int = 0
+    decoder_calls: int = 0
+    decoder_backward: int = 0
 
     @property
     def needs_backbone_params(self) -> bool:
@@ -385,8 +400,11 @@ class Resources:
             mesh); identity by default.
         cache: Loaded, placed bundles shared by the inpainters of one caller (e.g. one AID
             checkpoint at several step counts is loaded once).
+        vae: The latent space of a ``"latent/<method>"`` (an ``aid_jax.latent.LatentSpace``, or
+            an ``sd_vae.VAE`` taken with EDM2's [0, 1] pixel convention); None in pixel space.
     """
 
     backbone: Any = None
     place: Callable[[Any], Any] = lambda params: params
     cache: dict = dataclasses.field(default_factory=dict)
+    vae: Any = None

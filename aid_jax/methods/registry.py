@@ -7,6 +7,11 @@ parameters a call argument. A method that brings its own parameters (AID) has a 
 instead. Everything a caller needs — option names and defaults (:func:`method_options`), costs
 (:func:`method_cost`), the built :class:`~contract.Inpainter` — comes from here.
 
+Latent space: ``"latent/<name>"`` is every registered method run on the latents of a VAE
+(``aid_jax.latent``): :func:`get` derives its :class:`Method` from ``<name>``'s (the same options
+plus ``aid_jax.latent.OPTIONS``), and :func:`make_inpainter` builds it with the VAE of
+``Resources.vae``. The names are derived on demand, not listed in :data:`REGISTRY`.
+
 Adding a method: one file with ``<name>(denoise, y, mask, key, labels=None, *, options)`` and
 ``cost(**options) -> (nfe, nfe_backward)`` (raising ``ValueError`` for bad option values), and one
 line in :data:`REGISTRY`.
@@ -47,6 +52,7 @@ from aid_jax.methods import primitives as prim
 from aid_jax.methods.contract import Inpainter, InpaintResult, Resources
 
 __all__ = [
+    "LATENT_PREFIX",
     "REGISTRY",
     "Method",
     "flat_options",
@@ -57,6 +63,10 @@ __all__ = [
     "method_options",
     "zero_shot_methods",
 ]
+
+
+# "latent/<name>": method <name> on a VAE's latents (aid_jax.latent).
+LATENT_PREFIX = "latent/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +86,8 @@ class Method:
         samples_option: The option a caller sets to the number of sample rows per image when an
             image's rows must share work (VIPaint: ``samples_per_fit``, one fit per image; the
             rows of one image must then be consecutive and batches hold whole images); None.
+        wraps: For a derived method (``"latent/<name>"``): the registered method it runs in
+            latent space; its ``build`` then also takes ``denoise_with_params``. None otherwise.
     """
 
     name: str
@@ -84,6 +96,7 @@ class Method:
     run: Callable[..., InpaintResult] | None = None
     build: Callable[..., Inpainter] | None = None
     samples_option: str | None = None
+    wraps: str | None = None
 
     @property
     def zero_shot(self) -> bool:
@@ -139,7 +152,12 @@ def zero_shot_methods() -> dict[str, Callable[..., InpaintResult]]:
 
 
 def get(name: str) -> Method:
-    """The registered method ``name``; ``ValueError`` listing the names for an unknown one."""
+    """The registered method ``name`` (or the derived ``"latent/<name>"``, ``aid_jax.latent``);
+    ``ValueError`` listing the names for an unknown one."""
+    if isinstance(name, str) and name.startswith(LATENT_PREFIX) and name != LATENT_PREFIX:
+        from aid_jax import latent  # imports this module: loaded on first use
+
+        return latent.latent_method(get(name[len(LATENT_PREFIX) :]))
     if not isinstance(name, str) or name not in REGISTRY:
         raise ValueError(f"unknown inpainting method {name!r}; available: {', '.join(REGISTRY)}")
     return REGISTRY[name]
@@ -225,7 +243,8 @@ def make_inpainter(
     ``backbones.prepare_labels`` on the host before the jitted core.
 
     Args:
-        method: A name in :data:`REGISTRY`.
+        method: A name in :data:`REGISTRY`, or ``"latent/<name>"`` (then ``resources.vae`` is
+            the VAE and ``denoise_with_params`` the latent denoiser; ``aid_jax.latent``).
         denoise_with_params: The backbone denoiser with its parameters as first argument (not
             used by a method that brings its own parameters, e.g. ``"aid"``).
         label_dim: The backbone's number of classes (``config.label_dim``; 0 = unconditional).
@@ -242,6 +261,13 @@ def make_inpainter(
     prim.check_int("label_dim", label_dim, lo=0)
     label_dim = int(label_dim)
     opts = merge_options(method, options)
+    if entry.wraps is not None:  # "latent/<name>": the VAE comes from resources.vae
+        return entry.build(
+            opts,
+            label_dim=label_dim,
+            resources=resources or Resources(),
+            denoise_with_params=denoise_with_params,
+        )
     if entry.build is not None:
         return entry.build(opts, label_dim=label_dim, resources=resources or Resources())
     if denoise_with_params is None:

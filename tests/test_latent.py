@@ -1,0 +1,237 @@
+"""The latent pipeline (aid_jax.latent; docs/LATENT.md): the mask rule, the registered
+"latent/<method>" against pixel-space methods and a hand-written NumPy loop, costs and
+paste-back, the real VAE + EDM2 architectures, bad input, and configs/imagenet512.py:smoke."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aid_jax import backbones, latent, methods, sampling
+from aid_jax.backbones import sd_vae, vae_loader
+
+SIGMA_DATA = 0.5
+
+
+def toy_denoise(params, x, sigma, labels=None):
+    """D of Gaussian data N(0, σ_d²·I): linear in x (the optimal denoiser)."""
+    s = jnp.reshape(sigma, (-1, 1, 1, 1))
+    return x * SIGMA_DATA**2 / (s**2 + SIGMA_DATA**2)
+
+
+def identity_space():
+    return latent.LatentSpace(
+        params={},
+        encode_fn=lambda p, x: x,
+        decode_fn=lambda p, z: z,
+        factor=1,
+        latent_channels=3,
+        pixel_range="-1_1",
+    )
+
+
+def pool_space():
+    """Encode: 2×2 average pool on [0, 1] pixels; decode: nearest ×2 upsampling."""
+
+    def enc(p, x):
+        b, h, w, c = x.shape
+        return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+    def dec(p, z):
+        return jnp.repeat(jnp.repeat(z, 2, axis=1), 2, axis=2)
+
+    return latent.LatentSpace({}, enc, dec, factor=2, latent_channels=3, pixel_range="0_1")
+
+
+def _data(key, b=2, h=8, w=8):
+    ky, _ = jax.random.split(key)
+    y = np.asarray(jax.random.uniform(ky, (b, h, w, 3), minval=-1.0, maxval=1.0))
+    mask = np.ones((b, h, w, 1), np.float32)
+    mask[0, 2:7, 1:5] = 0.0
+    mask[1, :, 5:] = 0.0
+    return y, mask
+
+
+def test_latent_mask_rule_by_hand():
+    rng = np.random.default_rng(0)
+    m = (rng.random((2, 6, 8, 3)) > 0.15).astype(np.float32)
+    m[0, :4, :4] = 1.0
+    f = 2
+    want = np.zeros((2, 3, 4, 1), np.float32)
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                patch = m[b, i * f : (i + 1) * f, j * f : (j + 1) * f, :]
+                want[b, i, j, 0] = float(patch.min() == 1.0)  # ALL pixels and channels known
+    got = np.asarray(latent.latent_mask(m, f))
+    np.testing.assert_array_equal(got, want)
+    assert got[0, :2, :2].min() == 1.0 and got.min() == 0.0
+    # dilate 1: a cell is known only if its 3×3 neighbourhood (inside the grid) is known.
+    dil = np.zeros_like(want)
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                nb = want[b, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2]
+                dil[b, i, j, 0] = nb.min()
+    np.testing.assert_array_equal(np.asarray(latent.latent_mask(m, f, dilate=1)), dil)
+
+
+def _make(name, space, **options):
+    return methods.make_inpainter(
+        name, toy_denoise, resources=methods.Resources(vae=space), **options
+    )
+
+
+def test_identity_codec_equals_pixel_space(key):
+    """With an identity VAE, latent/<m> is <m> exactly; the pixel likelihood (gradients through
+    the decoder) equals the latent one; costs carry the VAE passes."""
+    y, mask = _data(key)
+    k = jax.random.key(3)
+    space = identity_space()
+    for name, opts in [
+        ("replacement", dict(num_steps=4)),
+        ("dps", dict(num_steps=3, clamp=False)),
+        ("pigdm", dict(num_steps=3, form="paper", eta=0.5)),
+    ]:
+        ref = methods.make_inpainter(name, toy_denoise, **opts)(None, y, mask, k)
+        likelihoods = ("latent", "pixel") if name != "replacement" else ("latent",)
+        for lik in likelihoods:
+            fn = _make("latent/" + name, space, likelihood=lik, **opts)
+            res = fn(fn.call_params(None), y, mask, k)
+            np.testing.assert_allclose(res.x, ref.x, rtol=1e-5, atol=1e-5, err_msg=name + lik)
+            n = opts["num_steps"] if lik == "pixel" else 0
+            assert (res.nfe, res.nfe_backward) == (ref.nfe, ref.nfe_backward)
+            assert (res.encoder_calls, res.decoder_calls, res.decoder_backward) == (1, 1 + n, n)
+            assert (fn.encoder_calls, fn.decoder_calls, fn.decoder_backward) == (1, 1 + n, n)
+
+
+def test_replacement_against_numpy_loop(key):
+    """latent/replacement (Euler) with a 2×2 average-pool codec vs a float64 NumPy loop, the
+    latent mask by min-pool, decoding once, and the paste-back of the known pixels."""
+    y, mask = _data(key)
+    k = jax.random.key(7)
+    n_steps = 3
+    fn = _make("latent/replacement", pool_space(), num_steps=n_steps, solver="euler")
+    fn_paste = _make(
+        "latent/replacement", pool_space(), num_steps=n_steps, solver="euler", paste_pixels=True
+    )
+    out = np.asarray(fn(fn.call_params(None), y, mask, k).x)
+    pasted = np.asarray(fn_paste(fn_paste.call_params(None), y, mask, k).x)
+
+    # The reference: the same noises, everything else by hand in float64.
+    y01 = np.where(mask > 0.5, y, 0.0).astype(np.float64) * 0.5 + 0.5
+    z_obs = y01.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    known = mask.reshape(2, 4, 2, 4, 2, 1).min(axis=(2, 4)) > 0.5
+    sigmas = np.asarray(sampling.EDMSchedule().sigmas(n_steps), np.float64)
+    k_init, k_steps = jax.random.split(k)
+    z = sigmas[0] * np.asarray(jax.random.normal(k_init, z_obs.shape), np.float64)
+    for i in range(n_steps):
+        s, s2 = sigmas[i], sigmas[i + 1]
+        _, k_rep = jax.random.split(jax.random.fold_in(k_steps, i))
+        d = z * SIGMA_DATA**2 / (s**2 + SIGMA_DATA**2)
+        z = z + (s2 - s) * (z - d) / s
+        n = np.asarray(jax.random.normal(k_rep, z.shape), np.float64)
+        z = np.where(known, z_obs + s2 * n, z)
+    want = np.repeat(np.repeat(z, 2, axis=1), 2, axis=2) * 2.0 - 1.0
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pasted, np.where(mask > 0.5, y, want), rtol=1e-5, atol=1e-5)
+    assert fn.image_shape is None and fn.nfe == n_steps
+
+
+def test_latent_options_and_errors(key):
+    y, mask = _data(key)
+    assert set(latent.OPTIONS) <= set(methods.method_options("latent/dps"))
+    assert "latent/dps" not in methods.REGISTRY  # derived on demand
+    assert latent.latent_costs("dps", num_steps=5, likelihood="pixel")["decoder_backward"] == 5
+    with pytest.raises(ValueError, match="likelihood='pixel'"):
+        methods.method_cost("latent/replacement", likelihood="pixel")
+    with pytest.raises(ValueError, match="likelihood must be"):
+        methods.method_cost("latent/dps", likelihood="decoder")
+    with pytest.raises(ValueError, match="unknown inpainting method"):
+        methods.get("latent/nope")
+    with pytest.raises(latent.LatentError, match="needs a VAE"):
+        methods.make_inpainter("latent/ddnm", toy_denoise)
+    space = pool_space()
+    with pytest.raises(latent.LatentError, match="4-channel latents"):
+        latent.check_pipeline((4, 4, 4), space)
+    with pytest.raises(latent.LatentError, match="not a multiple"):
+        latent.check_pipeline((4, 4, 3), space, (9, 8, 3))
+    with pytest.raises(latent.LatentError, match="resize the images to 8x8"):
+        latent.check_pipeline((4, 4, 3), space, (16, 16, 3))
+
+
+@pytest.fixture(scope="module")
+def real():
+    """A random EDM2 of the tiny fixture architecture (16×16×4, 10 classes) and a random small
+    SD VAE (factor 2): 32×32 images."""
+    from configs import imagenet512
+
+    bcfg = backbones.config_from_checkpoint("Precond", dict(imagenet512.TINY_EDM2))
+    bb = backbones.Backbone(backbones.init_params(jax.random.key(0), bcfg), bcfg, {})
+    vcfg = sd_vae.VAEConfig(**imagenet512.SMALL_VAE)
+    vae = sd_vae.VAE(sd_vae.init_params(jax.random.key(1), vcfg), vcfg, {})
+    return bb, vae
+
+
+def test_real_architectures_with_labels(real):
+    bb, vae = real
+
+    def denoise(p, x, s, labels=None):
+        return backbones.denoise(p, x, s, labels, config=bb.config)
+
+    res = methods.Resources(backbone=bb, vae=vae)
+    y = np.asarray(jax.random.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-1, maxval=1))
+    mask = np.ones((2, 32, 32, 1), np.float32)
+    mask[:, 8:24, 8:24] = 0
+    fn = methods.make_inpainter(
+        "latent/dps", denoise, label_dim=10, resources=res, num_steps=2, likelihood="pixel"
+    )
+    assert fn.image_shape == (32, 32, 3) and fn.label_dim == 10
+    out = fn(fn.call_params(bb.params), y, mask, jax.random.key(0), labels=np.array([3, 7]))
+    assert out.x.shape == y.shape and np.isfinite(np.asarray(out.x)).all()
+    assert (out.nfe, out.nfe_backward, out.decoder_calls, out.decoder_backward) == (2, 2, 3, 2)
+    with pytest.raises(ValueError, match="labels"):  # a conditional network needs labels
+        fn(fn.call_params(bb.params), y, mask, jax.random.key(0))
+    with pytest.raises(ValueError, match="backbone expects"):  # images of another size
+        fn(fn.call_params(bb.params), y[:, :16, :16], mask[:, :16, :16], jax.random.key(0))
+
+
+def test_vae_of_another_architecture(real, tmp_path):
+    bb, _ = real
+    vcfg = sd_vae.VAEConfig(
+        **dict(latent_channels=3, block_out_channels=(16, 32), norm_num_groups=8)
+    )
+    manifest = dict(
+        format_version=1, class_name="AutoencoderKL", init_kwargs=vae_loader._config_kwargs(vcfg)
+    )
+    other = sd_vae.VAE(sd_vae.init_params(jax.random.key(0), vcfg), vcfg, manifest)
+    vae_loader.save_vae(other, tmp_path / "vae3")
+    space = latent.space_from_config(dict(path=str(tmp_path / "vae3")))
+    with pytest.raises(latent.LatentError, match="3-channel latents"):
+        latent.check_pipeline(bb.image_shape, space, (32, 32, 3))
+
+
+def test_imagenet512_smoke(tmp_path):
+    """configs/imagenet512.py:smoke through main: two AID steps on VAE latents (the module's
+    state has 4 channels), then the harness with latent methods (VAE passes recorded)."""
+    from aid_jax import main
+    from configs import imagenet512
+
+    config = imagenet512.get_config("smoke")
+    main.run_mode(config, str(tmp_path))
+    aid_config = json.loads((tmp_path / "best" / "aid_config.json").read_text())
+    assert aid_config["aid_config"]["image_shape"] == [16, 16, 4]  # the module's latent state
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    rows = {r["method"]: r for r in results["rows"]}
+    for name in ("aid", "replacement"):
+        assert (rows[name]["encoder_calls"], rows[name]["decoder_calls"]) == (1, 1)
+        assert rows[name]["decoder_backward"] == 0
+    assert results["data"]["labels"]["used"]
+
+    bad = imagenet512.get_config("smoke")
+    bad.data.images.image_size = 33  # not a multiple of the VAE's factor 2
+    bad.eval_data.images.image_size = 33
+    with pytest.raises(ValueError, match="not a multiple"):
+        main.run_mode(bad, str(tmp_path / "bad"))
