@@ -16,11 +16,18 @@ import orbax.checkpoint as ocp
 def save_pytree(directory: str | os.PathLike, tree) -> None:
     """Write a pytree of arrays as an Orbax checkpoint at `directory` (must not exist)."""
     directory = pathlib.Path(directory).absolute()
+    # A host tree written by the calling process alone: in a multi-process run Orbax would
+    # otherwise wait for every process at its barriers (process 0 writes best/, exports).
+    local = {}
+    if jax.process_count() > 1:
+        me = jax.process_index()
+        opts = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        local = dict(multiprocessing_options=opts)
     # Synchronous and uncompressed on purpose: the async checkpointer snapshots every array
     # first, and zstd over float weights (which barely compress) buffers another copy. Porting a
     # 236 MiB pickle peaked at 2.85x the file size with the defaults (benchmarks/port_memory.py).
-    handler = ocp.PyTreeCheckpointHandler(use_compression=False)
-    with ocp.Checkpointer(handler) as checkpointer:
+    handler = ocp.PyTreeCheckpointHandler(use_compression=False, **local)
+    with ocp.Checkpointer(handler, **local) as checkpointer:
         checkpointer.save(directory, args=ocp.args.PyTreeSave(tree))
     # Orbax leaves commit markers holding this machine's absolute path; they matter only on
     # non-atomic object stores, and shipped weights should not carry machine paths.

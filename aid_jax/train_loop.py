@@ -26,6 +26,13 @@ with ``O_CREAT | O_EXCL`` and removed at exit (also on SIGTERM, Ctrl-C or an exc
 held by a live process, or by another host, refuses the run with a ``WorkdirError`` naming its
 owner; a stale one (this host, pid gone) is taken over with a warning. Override for a lock known
 to be stale (e.g. left on another host or container): ``AID_JAX_BREAK_LOCK=1``.
+
+Multi-process runs (aid_jax.distributed): every process runs the loop (the step, the hooks'
+validation and Orbax's checkpoints are collective; checkpoints are read by all), each on its
+rows of the batch (:func:`host_images`, :func:`process_rows`); files are written by process 0
+only (:func:`is_main_process`): the lock and the write probe, config.json, parameters.txt,
+metrics.jsonl/TensorBoard (the other processes' ``MetricWriter`` is disabled), sample grids, and
+what the trainers' hooks write (manifests, ``best/``), which they guard with the same test.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from tqdm.auto import tqdm
 
 from aid_jax import checkpoint, images, sharding
 from aid_jax.data import pipeline
+from aid_jax.distributed import is_main_process
 from aid_jax.writers import MetricWriter, write_parameter_overview
 
 State = dict  # a pytree of arrays with an int32 "step" entry
@@ -118,13 +126,19 @@ def _run(trainer: Trainer, workdir: pathlib.Path) -> dict:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
     )
     restored = checkpoint.restore_run(manager, abstract, fingerprint, workdir)
+    main = is_main_process()  # the one process that writes files
     if restored is not None:
         step0, state, _ = restored
-        print(f"{trainer.resumed} from step {step0} in {workdir}")
+        if main:
+            print(f"{trainer.resumed} from step {step0} in {workdir}")
     # Written only once the resume is accepted: a refused config leaves the workdir untouched.
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
-    write_parameter_overview(workdir, **trainer.parameters(state))
-    writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard))
+    if main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        # Host copies first: the state is replicated, so each process holds all of it, and the
+        # table's statistics must not start a computation only this process would join.
+        tables = jax.tree.map(np.asarray, trainer.parameters(state))
+        write_parameter_overview(workdir, **tables)
+    writer = MetricWriter(workdir, tensorboard=bool(t.tensorboard), enabled=main)
     if trainer.on_start is not None:
         trainer.on_start(state, writer)
 
@@ -139,7 +153,14 @@ def _run(trainer: Trainer, workdir: pathlib.Path) -> dict:
     num_steps = int(t.num_steps)
     meta = dict(fingerprint=fingerprint, date=datetime.datetime.now().isoformat())
     t0, last_logged = time.perf_counter(), start
-    bar = tqdm(total=num_steps, initial=start, desc=trainer.name, unit="step", smoothing=0.05)
+    bar = tqdm(
+        total=num_steps,
+        initial=start,
+        desc=trainer.name,
+        unit="step",
+        smoothing=0.05,
+        disable=not main,
+    )
     step, diverged = start, False
     try:
         while step < num_steps and not stop["flag"]:
@@ -213,12 +234,15 @@ _HELD: dict[pathlib.Path, dict] = {}  # workdirs this process has locked -> lock
 
 def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
     """``workdir`` as a Path, created if needed, after a real write probe (``os.access`` is not
-    enough: root passes it, read-only mounts and full disks do not show in it).
+    enough: root passes it, read-only mounts and full disks do not show in it). In a
+    multi-process run only process 0, the one that writes, creates and probes it.
 
     Raises:
       WorkdirError: it cannot be created or written to.
     """
     path = pathlib.Path(workdir)
+    if not is_main_process():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path)
@@ -245,7 +269,7 @@ def workdir_lock(workdir: str | os.PathLike):
     """
     path = check_workdir(workdir)
     key = path.resolve()
-    if key in _HELD or jax.process_index() != 0:  # nested, or not the lock-holding process
+    if key in _HELD or not is_main_process():  # nested, or not the lock-holding process
         yield path
         return
     record = _acquire_lock(path)
@@ -356,14 +380,36 @@ def host_images(source, step: int, batch_size: int, seed: int) -> np.ndarray:
     )["image"]
 
 
+def process_rows(array: np.ndarray) -> np.ndarray:
+    """This process's rows of an array drawn for the whole global batch: the same contiguous
+    block :func:`host_images` reads (process i of P: rows [i·n/P, (i+1)·n/P)); the array itself
+    in a one-process run."""
+    count = jax.process_count()
+    if count == 1:
+        return array
+    n = array.shape[0]
+    if n % count:
+        raise ValueError(
+            f"a batch of {n} rows does not split over {count} processes; use a batch size that "
+            f"divides by {count} × the devices per process"
+        )
+    size = n // count
+    return array[jax.process_index() * size : (jax.process_index() + 1) * size]
+
+
 def global_batch(mesh: jax.sharding.Mesh, *arrays) -> tuple:
     """Each process's rows of a batch -> global arrays split over the mesh's data axis."""
     put = sharding.batch_sharding(mesh)
+    for a in arrays:
+        sharding.check_local_rows(a.shape[0], mesh)
     return tuple(jax.make_array_from_process_local_data(put, a) for a in arrays)
 
 
 def save_grid(writer: MetricWriter, step: int, name: str, image: np.ndarray) -> None:
-    """A uint8 grid as ``<workdir>/samples/step_XXXXXXX.png`` (2x upscaled) and in TensorBoard."""
+    """A uint8 grid as ``<workdir>/samples/step_XXXXXXX.png`` (2x upscaled) and in TensorBoard
+    (process 0: another process's writer is disabled)."""
+    if not writer.enabled:
+        return
     folder = writer.workdir / "samples"
     folder.mkdir(exist_ok=True)
     images.save_png(image, folder / f"step_{step:07d}.png", upscale=2)
@@ -379,6 +425,8 @@ __all__ = [
     "check_workdir",
     "global_batch",
     "host_images",
+    "is_main_process",
+    "process_rows",
     "run",
     "save_grid",
     "workdir_lock",

@@ -13,13 +13,21 @@ from clu import parameter_overview
 
 
 class MetricWriter:
-    """`write_scalars(step, dict)`, `write_images(step, dict)`, `flush()`, `close()`."""
+    """`write_scalars(step, dict)`, `write_images(step, dict)`, `flush()`, `close()`.
 
-    def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True):
+    ``enabled=False`` (the processes other than 0 of a multi-process run): nothing is created
+    or written, every method does nothing; ``workdir`` is still the run's workdir.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True, enabled=True):
         self.workdir = pathlib.Path(workdir)
+        self.enabled = bool(enabled)
+        self._jsonl = None
+        self._tb = None
+        if not self.enabled:
+            return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
-        self._tb = None
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -29,6 +37,8 @@ class MetricWriter:
                 self._tb = None
 
     def write_scalars(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step)}
         for k, v in scalars.items():
             v = float(np.asarray(v))
@@ -45,11 +55,15 @@ class MetricWriter:
                 self._tb.add_image(k, np.asarray(v), int(step), dataformats="HWC")
 
     def flush(self) -> None:
+        if not self.enabled:
+            return
         self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.flush()
         self._jsonl.close()
         if self._tb is not None:

@@ -90,6 +90,13 @@ def get_config(arg=None):
     # The decay horizon follows train.num_steps (also when overridden on the command line); a
     # run resumed with another length is a new run (optim is run-defining).
     config.optim.decay_steps = config.train.get_ref("num_steps")
+    # Multi-process (multi-host) training (aid_jax/distributed.py; off here). The environment
+    # overrides each field (AID_JAX_DISTRIBUTED, AID_JAX_COORDINATOR, AID_JAX_NUM_PROCESSES,
+    # AID_JAX_PROCESS_ID, AID_JAX_DISTRIBUTED_TIMEOUT). coordinator "" / num_processes 0 /
+    # process_id -1: detected by JAX (Cloud TPU pods, SLURM, Open MPI).
+    config.distributed = ml_collections.ConfigDict(
+        dict(enabled=False, coordinator="", num_processes=0, process_id=-1, timeout_s=300)
+    )
     # The harness with DEFT added; the evaluation reads the trained module from <workdir>
     # unless methods.deft.options.checkpoint says otherwise.
     config.methods.deft = ml_collections.ConfigDict(

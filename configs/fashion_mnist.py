@@ -104,6 +104,13 @@ def get_config(arg=None):
             ema=0.99,
         )
     )
+    # Multi-process (multi-host) training (aid_jax/distributed.py; off here). The environment
+    # overrides each field (AID_JAX_DISTRIBUTED, AID_JAX_COORDINATOR, AID_JAX_NUM_PROCESSES,
+    # AID_JAX_PROCESS_ID, AID_JAX_DISTRIBUTED_TIMEOUT). coordinator "" / num_processes 0 /
+    # process_id -1: detected by JAX (Cloud TPU pods, SLURM, Open MPI).
+    config.distributed = ml_collections.ConfigDict(
+        dict(enabled=False, coordinator="", num_processes=0, process_id=-1, timeout_s=300)
+    )
     # The harness (configs/eval_fashion_mnist.py) with AID added; the evaluation reads the
     # trained module from <workdir> unless methods.aid.options.checkpoint says otherwise.
     config.methods.aid = ml_collections.ConfigDict(

@@ -464,11 +464,11 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
 
     def inputs_at(step):
         x0 = train_loop.host_images(source, step, rows, config.seed)
-        m = masks_at(specs, x0.shape[0], shape[:2], int(config.seed), step)
+        m = train_loop.process_rows(masks_at(specs, rows, shape[:2], int(config.seed), step))
         return (backbone_params, *train_loop.global_batch(mesh, x0, m), train_key)
 
     # ------------------------------------------------------------------ validation hooks
-    validate = make_validate(cfg, backbone.config, sha)
+    validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)
     val_x0, val_mask = validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
@@ -492,6 +492,8 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         """``<workdir>/best``: the best validated EMA actor so far (an export folder for
         aid_jax.load), the zero network of the start included, so the selected module is never
         worse on validation than the start."""
+        if not train_loop.is_main_process():  # process 0 writes (aid_jax.distributed)
+            return
         best = pathlib.Path(workdir) / "best"
         record = best / "best.json"
         if record.is_file():
@@ -516,7 +518,8 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         summary["best"] = info
 
     def on_start(state, writer):
-        write_run_manifest(writer.workdir, cfg, config, sha)
+        if train_loop.is_main_process():
+            write_run_manifest(writer.workdir, cfg, config, sha)
         # The zero network: the unguided sampler (aid.base = "none") or the projection sampler.
         zero_actor = jax.tree.map(jnp.zeros_like, state["actor"])
         _, init = val_metrics(zero_actor)

@@ -217,17 +217,18 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
 
     def inputs_at(step):
         x0 = train_loop.host_images(source, step, batch, config.seed)
-        m = masks_at(specs, x0.shape[0], shape[:2], int(config.seed), step)
+        m = train_loop.process_rows(masks_at(specs, batch, shape[:2], int(config.seed), step))
         return (backbone_params, *train_loop.global_batch(mesh, x0, m), train_key)
 
-    validate = make_validate(cfg, backbone.config, sha)
+    validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)
     val_x0, val_mask = validation_set(config, shape, specs)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
     summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None)
 
     def on_start(state, writer):
-        write_run_manifest(writer.workdir, cfg, config, sha)
+        if train_loop.is_main_process():
+            write_run_manifest(writer.workdir, cfg, config, sha)
         zero = jax.tree.map(jnp.zeros_like, state["hnet"])  # U ≡ 0, γ ≡ 0: the backbone alone
         _, mse, _, _ = validate(backbone_params, zero, val_x0_d, val_mask_d, val_key)
         summary["val_mse_hole_init"] = float(np.mean(np.asarray(mse)))
