@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from aid_jax.backbones import sd_vae
 from aid_jax.methods import contract
 from aid_jax.methods import dps as dps_lib
+from aid_jax.methods import pigdm as pigdm_lib
 from aid_jax.methods import primitives as prim
 
 __all__ = [
@@ -434,18 +435,8 @@ def _pigdm_pixel(
         px, vjp, z0 = jax.vjp(f, z, has_aux=True)
         (g,) = vjp(jnp.where(known, y_obs - px, 0.0))
         noise = prim.noise(k_steps, i, shape) if eta > 0 else jnp.zeros_like(z)
-        keep, c = prim.ddim_coeffs(s, s_next, eta)
-        if form == "reddiff_inpaint":
-            eps = (z - z0) / s
-            z0c = jnp.where(known_lat, z_ref, z0)
-            return z0c + keep * eps + c * noise + jnp.where(known_lat, 0.0, w * g), None
-        z_next = prim.ddim_step(z, z0, s, s_next, eta, noise)
-        if form == "paper":
-            r2 = s**2 * sigma_data**2 / (s**2 + sigma_data**2)
-            guide = (w * s * (s - keep) / (r2 + sigma_y**2)) * g
-        else:
-            guide = w * g
-        return z_next + guide, None
+        update = dict(eta=eta, w=w, sigma_y=sigma_y, sigma_data=sigma_data, form=form)
+        return pigdm_lib.guided_step(z, z0, g, known_lat, z_ref, s, s_next, noise, **update), None
 
     return prim.run_steps(step, sigmas, k_init, shape)
 

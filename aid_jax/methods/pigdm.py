@@ -99,18 +99,25 @@ def pigdm(
         x0, vjp = jax.vjp(lambda v: prim.call(denoise, v, s), x)
         (g,) = vjp(jnp.where(known, y_obs - x0, 0.0))
         noise = prim.noise(k_steps, i, shape) if eta > 0 else jnp.zeros_like(x)
-        keep, c = prim.ddim_coeffs(s, s_next, eta)
-        if form == "reddiff_inpaint":
-            eps = (x - x0) / s  # from the uncorrected x̂0
-            x0c = jnp.where(known, y_obs, x0)
-            return x0c + keep * eps + c * noise + jnp.where(known, 0.0, w * g), None
-        x_next = prim.ddim_step(x, x0, s, s_next, eta, noise)
-        if form == "paper":
-            r2 = s**2 * sigma_data**2 / (s**2 + sigma_data**2)
-            guide = (w * s * (s - keep) / (r2 + sigma_y**2)) * g
-        else:
-            guide = w * g
-        return x_next + guide, None
+        update = dict(eta=eta, w=w, sigma_y=sigma_y, sigma_data=sigma_data, form=form)
+        return guided_step(x, x0, g, known, y_obs, s, s_next, noise, **update), None
 
     x = prim.run_steps(step, sigmas, k_init, shape)
     return InpaintResult(x=x, nfe=nfe, nfe_backward=nfe_b)
+
+
+def guided_step(x, x0, g, known, x0_known, s, s_next, noise, *, eta, w, sigma_y, sigma_data, form):
+    """One ΠGDM update σ -> σ' from x̂0 = ``x0`` and the guidance g = J_Dᵀ(m ⊙ (y − x̂0)) (or
+    its latent-space analogue, aid_jax.latent): ``reddiff_inpaint`` pastes ``x0_known`` into x̂0
+    on the ``known`` entries, keeps ε̂ from the uncorrected x̂0 and adds w·g on the hole only;
+    ``paper`` and ``reddiff`` add their weighted g to the DDIM step (see :func:`pigdm`)."""
+    keep, c = prim.ddim_coeffs(s, s_next, eta)
+    if form == "reddiff_inpaint":
+        eps = (x - x0) / s  # from the uncorrected x̂0
+        x0c = jnp.where(known, x0_known, x0)
+        return x0c + keep * eps + c * noise + jnp.where(known, 0.0, w * g)
+    x_next = prim.ddim_step(x, x0, s, s_next, eta, noise)
+    if form == "paper":
+        r2 = s**2 * sigma_data**2 / (s**2 + sigma_data**2)
+        return x_next + (w * s * (s - keep) / (r2 + sigma_y**2)) * g
+    return x_next + w * g
