@@ -925,13 +925,22 @@ def _write_grids(ev: _Setup, grid_outputs: dict) -> None:
         (ev.workdir / f"grid_{mask_name}.txt").write_text("columns: " + ", ".join(names) + "\n")
 
 
+# What the report calls the images of each eval.subset (pipeline.eval_indices).
+_SUBSET_WORDS = {
+    "all": "images",
+    "test": "test images (the validation block excluded)",
+    "validation": "validation-block images (selection, not a test)",
+}
+
+
 def _markdown(ev: _Setup, rows: list[dict]) -> str:
     config = ev.config
     table_metrics = [m for m in config.report.table_metrics if any(m in r["metrics"] for r in rows)]
     md = [
         f"# Inpainting evaluation — {backbone_name(ev.backbone)}",
         "",
-        f"{ev.gt.shape[0]} test images of `{ev.source.name}` (seeded subset, seed "
+        f"{ev.gt.shape[0]} {_SUBSET_WORDS[str(config.eval.get('subset', 'all'))]} of "
+        f"`{ev.source.name}` (seeded subset, seed "
         f"{config.eval.seed}), {ev.k} sample(s) per image; masks seed {config.eval.mask_seed}; "
         + (f"class labels {ev.labels_note}; " if ev.label_dim else "")
         + f"device {_device_description()}; {datetime.date.today().isoformat()}.",
