@@ -84,6 +84,27 @@ def _make(name, space, **options):
     )
 
 
+def test_vae_latent_source_returns_the_encoders_latents():
+    """vae_latents' get gives z itself (float32, cached or not, any chunking), which the
+    trainers' to_model_range passes through; uint8 images still map to [-1, 1]."""
+    from aid_jax.data import pipeline, sources
+
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    images = sources.ArraySource(u8, np.arange(5, dtype=np.int32), 5, "toy")
+    space = pool_space()
+    x = u8.astype(np.float64) / 127.5 - 1.0
+    want = ((x + 1) / 2).reshape(5, 4, 2, 4, 2, 3).mean(axis=(2, 4))  # pool of [0, 1] pixels
+    for cache, chunk in ((True, 2), (False, 16)):
+        src = sources.VAELatentSource(images, space, cache=cache, chunk=chunk)
+        z, labels = src.get(np.array([4, 0, 2]))
+        assert z.dtype == np.float32 and src.image_shape == (4, 4, 3)
+        np.testing.assert_allclose(z, want[[4, 0, 2]], atol=1e-6)
+        np.testing.assert_array_equal(pipeline.to_model_range(z), z)
+        np.testing.assert_array_equal(labels, [4, 0, 2])
+    np.testing.assert_array_equal(pipeline.to_model_range(u8), u8.astype(np.float32) / 127.5 - 1)
+
+
 def test_identity_codec_equals_pixel_space(key):
     """With an identity VAE, latent/<m> is <m> exactly; the pixel likelihood (gradients through
     the decoder) equals the latent one; costs carry the VAE passes."""

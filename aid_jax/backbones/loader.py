@@ -86,21 +86,28 @@ def num_params(config: Config) -> int:
     return family(config).num_params(config)
 
 
+def describe_key_mismatch(expected: Mapping, state: Mapping) -> str:
+    """'missing N key(s), e.g. [...]; unexpected M key(s), e.g. [...]', or '' when the key sets
+    agree: the one wording of a state dict that does not fit an architecture."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s), e.g. {missing[:3]}")
+    if extra:
+        parts.append(f"unexpected {len(extra)} key(s), e.g. {extra[:3]}")
+    return "; ".join(parts)
+
+
 def validate_state(state: Mapping[str, np.ndarray], config: Config, source: str = "") -> None:
     """Missing keys, extra keys and shape mismatches, each named with what was expected."""
     where = f"{source}: " if source else ""
     expected = state_shapes(config)
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s), e.g. {missing[:3]}")
-        if extra:
-            parts.append(f"unexpected {len(extra)} key(s), e.g. {extra[:3]}")
+    mismatch = describe_key_mismatch(expected, state)
+    if mismatch:
         raise BackboneError(
             f"{where}state dict does not fit {class_name(config)} with the recorded architecture "
-            f"({'; '.join(parts)}). Is this the checkpoint the architecture arguments describe?"
+            f"({mismatch}). Is this the checkpoint the architecture arguments describe?"
         )
     for key, shape in expected.items():
         if tuple(state[key].shape) != tuple(shape):

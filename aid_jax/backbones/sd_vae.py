@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aid_jax.backbones.loader import BackboneError
+from aid_jax.backbones.loader import BackboneError, describe_key_mismatch
 
 __all__ = [
     "EDM2_LATENT_SCALING",
@@ -333,21 +333,15 @@ def validate_state(state: Mapping[str, Any], cfg: VAEConfig, source: str = "") -
     """Missing keys, unexpected keys, shapes and dtypes, each named (``VAEError``)."""
     where = f"{source}: " if source else ""
     expected = state_shapes(cfg)
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
     arch = (
         f"AutoencoderKL block_out_channels={list(cfg.block_out_channels)}, "
         f"layers_per_block={cfg.layers_per_block}, latent_channels={cfg.latent_channels}"
     )
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s), e.g. {missing[:3]}")
-        if extra:
-            parts.append(f"unexpected {len(extra)} key(s), e.g. {extra[:3]}")
+    mismatch = describe_key_mismatch(expected, state)
+    if mismatch:
         raise VAEError(
             f"{where}the weights do not fit the config's architecture ({arch}): "
-            f"{'; '.join(parts)}. Use the config.json and weights of the same VAE folder."
+            f"{mismatch}. Use the config.json and weights of the same VAE folder."
         )
     for key, shape in expected.items():
         got = tuple(np.shape(state[key]))

@@ -44,9 +44,15 @@ from aid_jax.sharding import DATA_AXIS
 _EVAL_TAG = 0x6576616C  # 'eval': decorrelates eval_indices from the training permutations
 
 
-def to_model_range(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1] (EDM's convention: x / 127.5 - 1)."""
-    return images_uint8.astype(np.float32) / 127.5 - 1.0
+def to_model_range(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1] (EDM's convention: x / 127.5 - 1).
+
+    A floating-point array is already in the model's units (a latent source's z, see
+    ``aid_jax.data.sources``) and is returned as float32 unchanged."""
+    images = np.asarray(images)
+    if np.issubdtype(images.dtype, np.floating):
+        return images.astype(np.float32)
+    return images.astype(np.float32) / 127.5 - 1.0
 
 
 @functools.lru_cache(maxsize=4)

@@ -14,15 +14,15 @@
 | `synthetic` | random blobs, for tests | in memory |
 | `vae_latents` | another source (`images`) encoded by a VAE (`vae`) | lazily (encoded in `get`) |
 
-Every source has `__len__`, `get(indices) -> (images uint8 [B, H, W, C], labels int32 [B])`,
-`image_shape` (H, W, C), `num_classes` (0 when unlabelled; labels are then -1) and `name` (a short,
-path-independent identifier that resumable iterators record, e.g. `fashion_mnist/train`,
-`folder/afhqv2-64x64`).
+Every source has `__len__`, `get(indices) -> (images uint8 [B, H, W, C], labels int32 [B])`
+(`vae_latents`: float32 latents), `image_shape` (H, W, C), `num_classes` (0 when unlabelled;
+labels are then -1) and `name` (a short, path-independent identifier that resumable iterators
+record, e.g. `fashion_mnist/train`, `folder/afhqv2-64x64`).
 
 `vae_latents` serves a latent backbone's training (docs/LATENT.md): its `get` returns the
-posterior-mean latents of the `images` source (EDM2's scaling), as float32 in the pipeline's
-uint8 units, (z + 1)·127.5, so that `pipeline.to_model_range` gives the latents z back (the
-trainers call it on every source); `image_shape` is the latent shape. The evaluation harness
+posterior-mean latents z of the `images` source (EDM2's scaling) as float32 — already the model's
+units, which `pipeline.to_model_range` (called by the trainers on every source) passes through
+unchanged; `image_shape` is the latent shape. The evaluation harness
 unwraps it to its `images` (`aid_jax.latent.pixel_data_config`).
 
 Missing data never triggers a download: every source raises `DataError` at construction, naming
@@ -810,8 +810,8 @@ class VAELatentSource:
 
     ``get`` encodes the images it has not encoded yet (posterior mean, the VAE's latent scaling;
     in chunks of ``chunk`` images, the last one padded, so one program serves every call), keeps
-    them when ``cache`` is set, and returns float32 ``(z + 1)·127.5`` — the pipeline's uint8
-    units, so ``pipeline.to_model_range`` yields z (rounding ~1e-7) — with the images' labels.
+    them when ``cache`` is set, and returns the float32 latents z (the model's units, passed
+    through by ``pipeline.to_model_range``) with the images' labels.
     """
 
     def __init__(self, images, space, *, cache: bool = True, chunk: int = 16):
@@ -870,7 +870,7 @@ class VAELatentSource:
             labels = table[indices]
         else:
             _, labels = self.images.get(indices)
-        return (z + 1.0) * 127.5, labels
+        return z, labels
 
 
 # --------------------------------------------------------------------------------------------
