@@ -575,8 +575,24 @@ def run_manifest(directory, kind, cfg, config, sha: str) -> dict:
         "backbone": backbone_record(config.backbone.to_dict(), sha, directory),
         f"{kind.spec.field}_params": parameter_count(kind.abstract_params(cfg)),
         "data": data.to_dict() if hasattr(data, "to_dict") else data,
+        "training": training_record(config),
         "date": _now(),
     }
+
+
+TRAINING_KEYS = ("seed", "train", "optim")
+
+
+def training_record(config) -> dict | None:
+    """How the module was trained: the run config's ``seed``, ``train`` (estimator, batch, masks,
+    schedule) and ``optim`` entries as plain JSON (None when the config has none of them)."""
+    get = config.get if hasattr(config, "get") else (lambda k, d=None: d)
+    out = {}
+    for key in TRAINING_KEYS:
+        value = get(key, None)
+        if value is not None:
+            out[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    return json.loads(json.dumps(out, default=str)) if out else None
 
 
 def last_validation(workdir, step: int | None) -> dict | None:
@@ -599,15 +615,34 @@ def last_validation(workdir, step: int | None) -> dict | None:
     return last
 
 
+def _run_config(workdir: pathlib.Path) -> dict:
+    """The run's config.json: in ``workdir``, or one level up for a run's ``best/`` folder."""
+    candidates = [workdir / "config.json"]
+    if workdir.name == "best":
+        candidates.append(workdir.parent / "config.json")
+    for f in candidates:
+        if f.is_file():
+            try:
+                got = json.loads(f.read_text())
+            except json.JSONDecodeError:
+                return {}
+            return got if isinstance(got, dict) else {}
+    return {}
+
+
 def _run_data(workdir: pathlib.Path, manifest: dict):
-    """The run's data config: the manifest's, else the workdir's config.json's."""
+    """The run's data config: the manifest's, else the run's config.json's."""
     if manifest.get("data") is not None:
         return manifest["data"]
-    f = workdir / "config.json"
-    try:
-        return json.loads(f.read_text()).get("data") if f.is_file() else None
-    except (json.JSONDecodeError, AttributeError):
-        return None
+    return _run_config(workdir).get("data")
+
+
+def _run_training(workdir: pathlib.Path, manifest: dict):
+    """How the module was trained (:func:`training_record`): the manifest's, else the run's
+    config.json's."""
+    if manifest.get("training") is not None:
+        return manifest["training"]
+    return training_record(_run_config(workdir))
 
 
 def export_manifest(src: pathlib.Path, out: pathlib.Path, kind, params, manifest: dict) -> dict:
@@ -639,6 +674,7 @@ def export_manifest(src: pathlib.Path, out: pathlib.Path, kind, params, manifest
         kind.config_key: manifest[kind.config_key],
         "step": step,
         "data": _run_data(src, manifest),
+        "training": _run_training(src, manifest),
         "validation": last_validation(src, step) or manifest.get("validation"),
         "backbone": record,
         f"{kind.spec.field}_params": count,
@@ -725,11 +761,18 @@ def module_readme(out, kind, manifest: dict) -> str:
     data_text = ", ".join(f"{k} {v}" for k, v in data.items() if v not in ("", None)) or "-"
     val = manifest.get("validation") or {}
     val_text = ", ".join(f"{k} {_fmt(v)}" for k, v in val.items() if k != "step") or "-"
+    training = manifest.get("training") or {}
+    train, optim = training.get("train") or {}, training.get("optim") or {}
+    how = [f"{k} {_fmt(train[k])}" for k in ("actor", "batch_size", "masks") if k in train]
+    how += [f"{k} {_fmt(optim[k])}" for k in ("actor_lr", "lr") if k in optim]
+    if "seed" in training:
+        how.append(f"seed {training['seed']}")
     shown = _shown_path(out)
     rows = [
         ("Module", f"{kind.title} {spec.noun}, {size}"),
         ("Trained", f"{_fmt(manifest.get('step', '?'))} steps (EMA parameters)"),
         ("Data", data_text),
+        ("Training", ", ".join(how) or "-"),
         (f"Validation (step {_fmt(val.get('step'))})" if val else "Validation", val_text),
         ("Backbone", f"`{where}`{rel}; params_sha256 `{bb.get('params_sha256', '')}`"),
         ("Image shape", " × ".join(str(s) for s in cfg.get("image_shape", []))),
@@ -761,8 +804,9 @@ params = api.load("{shown}")
 ## Files
 
 - `{spec.field}/`: the {spec.noun}'s EMA parameters (an Orbax PyTree checkpoint)
-- `{kind.state_file}`: the manifest: format, `{kind.config_key}`, training step, data, validation
-  metrics, backbone record, parameter counts, dates
+- `{kind.state_file}`: the manifest: format, `{kind.config_key}`, training step, data, how it
+  was trained (`training`: the run's seed, `train` and `optim` config), validation metrics,
+  backbone record, parameter counts, dates
 
 The backbone is found from the path as recorded (relative to the project root from any working
 directory) or relative to this folder; move the folder together with its backbone, or pass

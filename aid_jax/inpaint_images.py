@@ -55,6 +55,11 @@ __all__ = [
 DEFAULT_METHOD = "ddnm"
 DEFAULT_STEPS = 20  # of the default method; other methods default to their own step counts
 DEFAULT_BACKBONE = "ported_weights/fashion_mnist_32"
+# The trained modules shipped for the default backbone: --method aid / deft without a path.
+DEFAULT_MODULES = {
+    "aid": "ported_weights/aid_fashion_mnist",
+    "deft": "ported_weights/deft_fashion_mnist",
+}
 DEFAULT_BATCH_SIZE = 8
 MASK_CONVENTIONS = ("known", "hole")
 RESIZE_MODES = ("error", "resize", "center-crop")
@@ -400,9 +405,13 @@ def _load_module(method: str, module, backbone, steps: int | None) -> _Model:
     title, bundle = kind.title, kind.bundle.__name__
     article = "an" if title[0] in "AEIOU" else "a"
     if module is None:
-        raise InputError(
-            f"--method {method} needs --{method} PATH (Python: {method}=), a trained {title} module"
-        )
+        if backbone is not None:
+            raise InputError(
+                f"--method {method} with --backbone needs --{method} PATH (Python: {method}=), "
+                f"a {title} module trained for that backbone (the shipped "
+                f"{DEFAULT_MODULES[method]} is for {DEFAULT_BACKBONE})"
+            )
+        module = DEFAULT_MODULES[method]
     if isinstance(module, kind.bundle):
         params, name = module, f"of the given {bundle}"
     elif isinstance(module, str | os.PathLike):
@@ -602,16 +611,17 @@ def inpaint_images(
             hole, with ``'hole'`` the opposite. Masks must have their image's size, be gray and
             opaque, have at most ``GREY_LIMIT`` (25 %) grey pixels (between 10 % and 90 % of
             white: anti-aliased edges, not a photo), and have both a hole and a known pixel.
-        method: ``'ddnm'`` (default, 20 steps: the best method the project ships today at low
-            NFE, docs/RESULTS.md), any other name of ``aid_jax.methods.REGISTRY``
-            (``'aid'`` needs ``aid``, ``'deft'`` needs ``deft``).
+        method: ``'ddnm'`` (default, 20 steps; needs no trained module), any other name of
+            ``aid_jax.methods.REGISTRY`` (``'aid'`` and ``'deft'`` use ``aid`` / ``deft``, by
+            default the modules shipped for the default backbone, ``DEFAULT_MODULES``).
         backbone: A ported folder, an NVIDIA pickle or a ``Backbone``; default
             ``ported_weights/fashion_mnist_32`` (relative paths that do not exist from the
             working directory are looked up in the project's root). With ``method='aid'`` or
             ``'deft'`` the default is the backbone the module records.
-        aid: A trained AID module (workdir or export folder, or ``AIDParams``), for ``'aid'``.
+        aid: A trained AID module (workdir or export folder, or ``AIDParams``), for ``'aid'``;
+            default ``ported_weights/aid_fashion_mnist`` (the default backbone's).
         deft: A trained DEFT h-network (workdir or export folder, or ``DEFTParams``), for
-            ``'deft'``.
+            ``'deft'``; default ``ported_weights/deft_fashion_mnist``.
         steps: Sampler steps (default: 20 for ddnm, the method's default otherwise, the module's
             training step count for aid and deft).
         seed: Seed of the noise. Batch k's noise is ``fold_in(key(seed), k)``: the same seed,
@@ -694,8 +704,8 @@ def _named(item, default: str, what: str) -> tuple[str, Image.Image]:
 EXAMPLES = (
     "python -m aid_jax.inpaint --image docs/examples/pullover.png "
     "--mask docs/examples/center_box_mask.png --out pullover_inpainted.png",
-    "python -m aid_jax.inpaint --image docs/examples --mask docs/examples/center_box_mask.png "
-    "--out runs/inpainted --num-samples 4",
+    "python -m aid_jax.inpaint --method aid --image docs/examples "
+    "--mask docs/examples/center_box_mask.png --out runs/inpainted --num-samples 4",
 )
 _DESCRIPTION = """\
 Inpaint your own images with a frozen diffusion backbone.
@@ -762,9 +772,9 @@ def _parser():
         "--method",
         choices=names,
         default=DEFAULT_METHOD,
-        help=f"inpainting method (default: {DEFAULT_METHOD} with {DEFAULT_STEPS} steps, the best "
-        "method the project ships today at low NFE, docs/RESULTS.md; aid needs --aid, deft "
-        "needs --deft)",
+        help=f"inpainting method (default: {DEFAULT_METHOD} with {DEFAULT_STEPS} steps; aid and "
+        f"deft use the modules shipped for the default backbone, {DEFAULT_MODULES['aid']} and "
+        f"{DEFAULT_MODULES['deft']}, unless --aid / --deft name another)",
     )
     m.add_argument(
         "--steps",
@@ -782,13 +792,17 @@ def _parser():
         "working directory; for --method aid / deft: the backbone the module records)",
     )
     m.add_argument(
-        "--aid", default=None, metavar="PATH", help="trained AID module (workdir or export folder)"
+        "--aid",
+        default=None,
+        metavar="PATH",
+        help=f"trained AID module (workdir or export folder; default {DEFAULT_MODULES['aid']})",
     )
     m.add_argument(
         "--deft",
         default=None,
         metavar="PATH",
-        help="trained DEFT h-network (workdir or export folder)",
+        help="trained DEFT h-network (workdir or export folder; default "
+        f"{DEFAULT_MODULES['deft']})",
     )
     m.add_argument(
         "--labels",
