@@ -72,7 +72,7 @@ def aid_snapshot(out: dict) -> None:
     from aid_jax.aid import model, train
     from configs import fashion_mnist
 
-    config = fashion_mnist.get_config(None)
+    config = fashion_mnist.trainer_defaults(None)
     backbone = aid_jax.load_backbone(ROOT / config.backbone.path)
     cfg = train.aid_config(config, backbone.image_shape)
     actor = model.init_actor(jax.random.key(0), cfg)
@@ -113,7 +113,7 @@ def main_job_snapshot(out: dict) -> None:
     from aid_jax.aid import train
     from configs import fashion_mnist
 
-    config = fashion_mnist.get_config("smoke")
+    config = fashion_mnist.trainer_defaults("smoke")
     config.backbone.path = str(ROOT / config.backbone.path)
     with tempfile.TemporaryDirectory() as tmp:
         train.train(config, tmp)

@@ -42,7 +42,7 @@ DDPMPP_64 = dict(
 
 
 def get_config(arg=None, *, name="afhqv2", dropout=0.25):
-    config = fashion_mnist.get_config(None)
+    config = fashion_mnist.trainer_defaults(None)
     config.workdir = f"runs/aid_{name}"
     config.backbone = ml_collections.ConfigDict(
         dict(path=f"edm-{name}-64x64-uncond-vp.pkl", random=None)

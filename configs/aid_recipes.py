@@ -54,7 +54,7 @@ def _parse(arg):
 
 def get_config(arg=None):
     objective, mods = _parse(arg)
-    config = fashion_mnist.get_config("smoke" if "smoke" in mods else None)
+    config = fashion_mnist.trainer_defaults("smoke" if "smoke" in mods else None)
     config.workdir = f"runs/aid_{(arg or 'teacher').replace('+', '_')}"
     aid, train = config.aid, config.train
     if objective == "observed":

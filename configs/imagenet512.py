@@ -68,7 +68,7 @@ def _latents(images: dict, vae) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-    config = fashion_mnist.get_config(None)
+    config = fashion_mnist.trainer_defaults(None)
     config.workdir = "runs/aid_imagenet512"
     config.backbone = ml_collections.ConfigDict(dict(path="", random=None))
     # The VAE (aid_jax.latent.space_from_config): a diffusers or ported folder; pixel_range

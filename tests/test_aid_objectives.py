@@ -276,3 +276,21 @@ def test_every_recipe_builds_a_valid_problem():
     for bad in ["mean", "teacher+fast"]:
         with pytest.raises(ValueError, match="aid_recipes"):
             aid_recipes.get_config(bad)
+
+
+def test_the_main_job_runs_the_best_recipe():
+    """configs/fashion_mnist.py trains configs/aid_recipes.py:lpips+backprop (its objective, warm
+    start and estimator; fewer steps) and evaluates the shipped module next to it."""
+    import sys
+
+    sys.path.insert(0, ".")
+    from configs import aid_recipes, fashion_mnist
+
+    main, recipe = fashion_mnist.get_config(None), aid_recipes.get_config("lpips+backprop")
+    assert main.aid.to_dict() == recipe.aid.to_dict()
+    for key in ("actor", "batch_size", "antithetic", "critic_warmup", "masks"):
+        assert main.train[key] == recipe.train[key], key
+    assert main.optim.to_dict() == recipe.optim.to_dict()
+    assert main.methods.aid_shipped.options.checkpoint == "ported_weights/aid_fashion_mnist"
+    assert "aid_shipped" in main.eval.methods.split(",")
+    assert fashion_mnist.trainer_defaults(None).train.actor == "pathwise"

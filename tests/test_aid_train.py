@@ -23,7 +23,7 @@ def smoke_config():
     sys.path.insert(0, str(ROOT))
     from configs import fashion_mnist
 
-    config = fashion_mnist.get_config("smoke")
+    config = fashion_mnist.trainer_defaults("smoke")  # the critic machinery
     config.backbone.path = str(ROOT / config.backbone.path)
     return config
 
@@ -211,6 +211,8 @@ def test_main_job_smoke_writes_the_report(tmp_path):
     assert (workdir / "eval" / "results.md").exists()
     assert (workdir / "eval" / "quality_vs_nfe.png").exists()
     assert (workdir / "eval" / "grid_center_box.png").exists()
+    training = json.loads((workdir / "aid_config.json").read_text())["training"]
+    assert training["train"]["actor"] == "backprop"  # the main job's recipe
 
 
 @pytest.mark.slow

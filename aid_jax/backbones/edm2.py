@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aid_jax.backbones import layers
+
 __all__ = [
     "EDM2Config",
     "denoise",
@@ -402,16 +404,9 @@ def resample(x: jax.Array, mode: str) -> jax.Array:
 
 
 def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    # Cross-correlation as in torch (no flip), padding kernel//2 (§5 MPConv).
-    p = w.shape[0] // 2
-    return jax.lax.conv_general_dilated(
-        x,
-        w.astype(x.dtype),
-        window_strides=(1, 1),
-        padding=((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=_HIGHEST,
-    )
+    # Cross-correlation as in torch (no flip), padding kernel//2 (§5 MPConv); layers.conv's
+    # input gradient stays fast inside the samplers' loops.
+    return layers.conv(x, w, w.shape[0] // 2)
 
 
 def _linear(x: jax.Array, w: jax.Array) -> jax.Array:

@@ -12,6 +12,7 @@ Layouts: activations NHWC; conv kernels HWIO; linear kernels [in, out]. The torc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -78,7 +79,7 @@ def upsample(
     return _depthwise(x, f, padding=f.shape[0] - 1 - pad, lhs_dilation=2)
 
 
-def conv(x: jax.Array, weight: jax.Array, padding: int) -> jax.Array:
+def _correlate(x: jax.Array, weight: jax.Array, padding: int) -> jax.Array:
     return jax.lax.conv_general_dilated(
         x,
         weight.astype(x.dtype),
@@ -87,6 +88,42 @@ def conv(x: jax.Array, weight: jax.Array, padding: int) -> jax.Array:
         dimension_numbers=_NHWC,
         precision=HIGHEST,
     )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x: jax.Array, weight: jax.Array, padding: int) -> jax.Array:
+    """Stride-1 cross-correlation (torch's Conv2d), HWIO kernel, ``padding`` on every side.
+
+    Its input gradient is written as a plain correlation with the kernel flipped in space and
+    its in/out channels swapped (:func:`conv_input_grad`). JAX's own transpose rule gives XLA a
+    convolution that XLA:CPU runs ~4× slower inside a ``lax.scan`` body than outside (measured:
+    docs/BENCHMARKS.md, "The input gradient of a convolution in a loop"); every gradient through
+    the sampler loop (DPS, ΠGDM, VIPaint, AID's backprop actor) pays it at each step.
+    """
+    return _correlate(x, weight, padding)
+
+
+def conv_input_grad(g: jax.Array, weight: jax.Array, padding: int) -> jax.Array:
+    """The adjoint of ``conv(·, weight, padding)`` applied to ``g``: correlation of ``g`` padded
+    by K − 1 − padding with the flipped, channel-swapped kernel (the same size as the input)."""
+    k = weight.shape[0]
+    flipped = jnp.flip(weight, (0, 1)).transpose(0, 1, 3, 2)
+    return _correlate(g, flipped, k - 1 - padding)
+
+
+def _conv_fwd(x, weight, padding):
+    return _correlate(x, weight, padding), (x, weight)
+
+
+def _conv_bwd(padding, residuals, g):
+    x, weight = residuals
+    dx = conv_input_grad(g, weight.astype(g.dtype), padding).astype(x.dtype)
+    # The kernel's gradient (only pretraining needs it; XLA drops it when the kernel is frozen).
+    _, weight_vjp = jax.vjp(lambda w: _correlate(x, w, padding), weight)
+    return dx, weight_vjp(g)[0]
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 # ---------------------------------------------------------------------------------------------
