@@ -157,8 +157,42 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, meta: dic
     manager.wait_until_finished()
 
 
+def check_state_declaration(directory, abstract_state) -> None:
+    """Before a training state is restored into ``abstract_state``: the checkpoint's metadata
+    (``<directory>/state``) must declare no array larger than the largest one expected and no
+    more than ``MAX_STATE_RATIO`` x the expected bytes + ``MAX_STATE_EXTRA_BYTES`` in all, so a
+    damaged or hostile checkpoint is refused (ValueError) before anything is allocated."""
+    directory = pathlib.Path(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+        declared = _declared(checkpointer, directory / "state", False)
+    sizes = [
+        math.prod(int(d) for d in a.shape) * np.dtype(a.dtype).itemsize
+        for a in jax.tree.leaves(abstract_state)
+    ]
+    biggest = max(sizes, default=0)
+    for path, a in jax.tree_util.tree_flatten_with_path(declared)[0]:
+        if not isinstance(a, jax.ShapeDtypeStruct):
+            continue
+        size = math.prod(int(d) for d in a.shape) * np.dtype(a.dtype).itemsize
+        if size > biggest:
+            raise ValueError(
+                f"{directory}: {jax.tree_util.keystr(path)} is declared with shape {a.shape} "
+                f"({size:,} bytes), larger than any array of the training state ({biggest:,} "
+                "bytes; checked before anything is allocated); the checkpoint is corrupt"
+            )
+    limit = MAX_STATE_RATIO * sum(sizes) + MAX_STATE_EXTRA_BYTES
+    if _nbytes(declared) > limit:
+        raise ValueError(
+            f"{directory}: the state declares {_nbytes(declared):,} bytes, more than "
+            f"MAX_STATE_RATIO x the training state's + MAX_STATE_EXTRA_BYTES = {limit:,} "
+            "(checked before anything is allocated); the checkpoint is corrupt"
+        )
+
+
 def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state):
-    """(step, state, meta) of checkpoint ``step``; Orbax's exception if it cannot be read."""
+    """(step, state, meta) of checkpoint ``step``; its declared sizes are checked first
+    (:func:`check_state_declaration`); Orbax's exception if it cannot be read."""
+    check_state_declaration(pathlib.Path(manager.directory) / str(int(step)), abstract_state)
     restored = manager.restore(
         int(step),
         args=ocp.args.Composite(

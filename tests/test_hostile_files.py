@@ -63,6 +63,17 @@ def run(case):
         global errors
         errors = errors + (aid_api.KIND.error,)
         aid_jax.load(path)
+    elif action == "restart":  # a training restart: the huge newest checkpoint is skipped
+        import warnings
+        import jax
+        from aid_jax import checkpoint
+        good = checkpoint.restore_step_state(path, 1)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), good)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with checkpoint.make_manager(path) as manager:
+                step, _, _ = checkpoint.restore_run(manager, abstract, {}, path)
+        return {"step": step, "warnings": [str(w.message)[:600] for w in caught]}
     elif action == "fuzz":
         return fuzz(case)
     else:
@@ -334,12 +345,17 @@ def orbax_results(tmp_path_factory):
     huge_workdir = tmp / "huge_workdir"
     shutil.copytree(workdir, huge_workdir)
     _declare_huge(huge_workdir / "checkpoints" / "2" / "state", kind.ema_entry)
+    restart = tmp / "restart_checkpoints"  # step 1 intact, step 2 declaring a huge array
+    shutil.copytree(workdir / "checkpoints", restart)
+    shutil.copytree(restart / "2", restart / "1")
+    _declare_huge(restart / "2" / "state", kind.ema_entry)
     cases = [
         {"id": "control_shipped", "action": "backbone", "path": str(SHIPPED)},
         {"id": "control_aid_export", "action": "aid_load", "path": str(export)},
         {"id": "huge_backbone", "action": "backbone", "path": str(huge)},
         {"id": "huge_aid_export", "action": "aid_load", "path": str(huge_export)},
         {"id": "huge_aid_workdir", "action": "aid_load", "path": str(huge_workdir)},
+        {"id": "huge_restart", "action": "restart", "path": str(restart)},
     ]
     results = run_child(cases, tmp, ORBAX_LIMIT, timeout=300)
     results["__marker__"] = (tmp / MARKER).exists()
@@ -364,6 +380,17 @@ def test_orbax_huge_declared_shape_aid_export(orbax_results):
 
 def test_orbax_huge_declared_shape_aid_workdir(orbax_results):
     _check(orbax_results, "huge_aid_workdir", f"declared with shape ({HUGE},", "huge_workdir")
+
+
+def test_orbax_huge_declared_shape_training_restart(orbax_results):
+    """A restart skips a newest checkpoint declaring a 4 GiB array (refused before allocation,
+    under the child's address-space limit) and resumes from the previous one, saying so."""
+    r = orbax_results["huge_restart"]
+    assert r["status"] == "ok", r
+    assert r["result"]["step"] == 1
+    (message,) = r["result"]["warnings"]
+    assert "restart_checkpoints/2" in message and "checked before anything is allocated" in message
+    assert "Resuming from step 1" in message
 
 
 # --------------------------------------------------------------------------------------------
