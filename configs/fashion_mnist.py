@@ -11,7 +11,7 @@ Recipe: AID's best on validation (main_recipe below; configs/aid_recipes.py:lpip
         The paper's likelihood-ratio estimator with the same objective and warm start:
         --config=configs/aid_recipes.py:lpips --config.train.actor=lr. Decisions and their
         measurements: docs/AID_DESIGN.md.
-Sized for the 2-core CPU: training and the evaluation below take about 20 minutes together
+Sized for the 2-core CPU: training and the evaluation below take about 15 minutes together
 (docs/BENCHMARKS.md); docs/RESULTS.md holds the longer runs.
 Smoke:  --config=configs/fashion_mnist.py:smoke (tiny random-weight fixture backbone, synthetic
         16×16 data, a few steps; what the tests run).

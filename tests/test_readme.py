@@ -3,7 +3,7 @@
 Every ```python block runs, in order, in a sandbox folder that looks like a fresh checkout
 (`configs/`, `docs/`, `tests/`, `ported_weights/` linked in) plus what earlier README commands
 would have made: `runs/aid` (an AID module for the embedded default; here an untrained one, since
-training is the main job's 16 minutes) and a stand-in for the NVIDIA pickle the README names (the
+training is most of the main job) and a stand-in for the NVIDIA pickle the README names (the
 tiny NVIDIA-format fixture under that file name). Every command of a ```bash block is either run
 (the port, sampling, the inpainting CLI) or, where running it is the main job itself, mirrored:
 its config file and overrides are parsed exactly as `python -m aid_jax.main` parses them, the mode
