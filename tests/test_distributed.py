@@ -55,7 +55,10 @@ CHILD_ENV = dict(
 def smoke_config(name: str, steps: int = STEPS):
     """``configs/<name>.py:smoke`` for ``steps`` steps (absolute backbone path)."""
     sys.path.insert(0, str(ROOT))
-    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    module = importlib.import_module(f"configs.{name}")
+    # AID: the trainer's defaults (antithetic pairs and the critic: the most collectives);
+    # the main job's backprop recipe shares the same sharded step machinery.
+    config = getattr(module, "trainer_defaults", module.get_config)("smoke")
     config.backbone.path = str(ROOT / config.backbone.path)
     config.train.update(num_steps=steps, log_every=1, checkpoint_every=steps, eval_every=0)
     return config

@@ -33,7 +33,10 @@ ROOT = pathlib.Path(__file__).parent.parent
 def smoke_config(name: str):
     """``configs/<name>.py:smoke``, its backbone path (if any) made absolute."""
     sys.path.insert(0, str(ROOT))
-    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    module = importlib.import_module(f"configs.{name}")
+    # AID: the trainer's defaults (critic, actor, antithetic pairs: every part of the state
+    # moves); the main job's backprop recipe runs on the same loop (test_aid_backprop.py).
+    config = getattr(module, "trainer_defaults", module.get_config)("smoke")
     if "backbone" in config:
         config.backbone.path = str(ROOT / config.backbone.path)
     return config
