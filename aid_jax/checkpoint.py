@@ -157,11 +157,13 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, meta: dic
     manager.wait_until_finished()
 
 
-def check_state_declaration(directory, abstract_state) -> None:
+def check_state_declaration(directory, abstract_state):
     """Before a training state is restored into ``abstract_state``: the checkpoint's metadata
-    (``<directory>/state``) must declare no array larger than the largest one expected and no
-    more than ``MAX_STATE_RATIO`` x the expected bytes + ``MAX_STATE_EXTRA_BYTES`` in all, so a
-    damaged or hostile checkpoint is refused (ValueError) before anything is allocated."""
+    (``<directory>/state``) must declare no array of the state's entries larger than the largest
+    one expected and no more than ``MAX_STATE_RATIO`` x the expected bytes +
+    ``MAX_STATE_EXTRA_BYTES`` in all, so a damaged or hostile checkpoint is refused (ValueError)
+    before anything is allocated. Returns the declared tree (``jax.ShapeDtypeStruct`` leaves
+    where Orbax describes arrays)."""
     directory = pathlib.Path(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         declared = _declared(checkpointer, directory / "state", False)
@@ -170,7 +172,10 @@ def check_state_declaration(directory, abstract_state) -> None:
         for a in jax.tree.leaves(abstract_state)
     ]
     biggest = max(sizes, default=0)
-    for path, a in jax.tree_util.tree_flatten_with_path(declared)[0]:
+    known = declared  # entries the state no longer has (restore_step drops them): total only
+    if isinstance(declared, dict) and isinstance(abstract_state, dict):
+        known = {k: v for k, v in declared.items() if k in abstract_state}
+    for path, a in jax.tree_util.tree_flatten_with_path(known)[0]:
         if not isinstance(a, jax.ShapeDtypeStruct):
             continue
         size = math.prod(int(d) for d in a.shape) * np.dtype(a.dtype).itemsize
@@ -187,19 +192,33 @@ def check_state_declaration(directory, abstract_state) -> None:
             f"MAX_STATE_RATIO x the training state's + MAX_STATE_EXTRA_BYTES = {limit:,} "
             "(checked before anything is allocated); the checkpoint is corrupt"
         )
+    return declared
 
 
 def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state):
     """(step, state, meta) of checkpoint ``step``; its declared sizes are checked first
-    (:func:`check_state_declaration`); Orbax's exception if it cannot be read."""
-    check_state_declaration(pathlib.Path(manager.directory) / str(int(step)), abstract_state)
+    (:func:`check_state_declaration`); Orbax's exception if it cannot be read.
+
+    Top-level entries the checkpoint has and ``abstract_state`` no longer has (e.g. the critic
+    that AID's backprop actor stopped carrying) are read, within the same size limits, and
+    dropped: Orbax restores only a whole tree, and a run saved before such a change resumes."""
+    declared = check_state_declaration(
+        pathlib.Path(manager.directory) / str(int(step)), abstract_state
+    )
+    dropped = ()
+    if isinstance(declared, dict) and isinstance(abstract_state, dict):
+        dropped = tuple(k for k in declared if k not in abstract_state)
+        abstract_state = dict(abstract_state, **{k: declared[k] for k in dropped})
     restored = manager.restore(
         int(step),
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         ),
     )
-    return int(step), restored["state"], restored["meta"]
+    state = restored["state"]
+    if dropped:
+        state = {k: v for k, v in state.items() if k not in dropped}
+    return int(step), state, restored["meta"]
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):

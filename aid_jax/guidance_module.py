@@ -616,18 +616,16 @@ def last_validation(workdir, step: int | None) -> dict | None:
 
 
 def _run_config(workdir: pathlib.Path) -> dict:
-    """The run's config.json: in ``workdir``, or one level up for a run's ``best/`` folder."""
-    candidates = [workdir / "config.json"]
-    if workdir.name == "best":
-        candidates.append(workdir.parent / "config.json")
-    for f in candidates:
-        if f.is_file():
-            try:
-                got = json.loads(f.read_text())
-            except json.JSONDecodeError:
-                return {}
-            return got if isinstance(got, dict) else {}
-    return {}
+    """The run's config.json in ``workdir`` ({} when absent or unreadable). A run's ``best/``
+    folder needs none: its manifest carries the data and training records itself."""
+    f = workdir / "config.json"
+    if not f.is_file():
+        return {}
+    try:
+        got = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 def _run_data(workdir: pathlib.Path, manifest: dict):

@@ -140,8 +140,17 @@ def get_config(arg=None):
     return config
 
 
+AMORTIZED = {  # family -> (registered method, shipped module)
+    "aid": ("aid", "ported_weights/aid_fashion_mnist"),
+    "deft": ("deft", "ported_weights/deft_fashion_mnist"),
+    "deft_small": ("deft", "ported_weights/deft_fashion_mnist_small"),
+}
+AMORTIZED_STEPS = (10, 20)
+
+
 def _tuned(config) -> None:
-    """Entries ``<method>_nfe<B>`` from configs/tuned_fashion_mnist.py; N = 1,000 per mask."""
+    """Entries ``<method>_nfe<B>`` from configs/tuned_fashion_mnist.py and the shipped AID and
+    DEFT modules at 10 and 20 steps; N = 1,000 per mask."""
     try:
         from configs import tuned_fashion_mnist
     except ImportError as e:
@@ -156,6 +165,13 @@ def _tuned(config) -> None:
             steps = options.pop("num_steps")
             entries[f"{method}_nfe{budget}"] = _method(method, (steps,), **options)
             entries[f"{method}_nfe{budget}"].family = method  # one line per method in the plot
+    # The amortized modules the project ships, on the same images, masks and noise (their step
+    # counts are their NFE: one forward pass each, no backward pass).
+    for family, (method, path) in AMORTIZED.items():
+        for steps in AMORTIZED_STEPS:
+            entry = _method(method, (steps,), checkpoint=path, solver="euler")
+            entry.family = family
+            entries[f"{family}_nfe{steps}"] = entry
     config.methods = ml_collections.ConfigDict(entries)
     config.eval.update(
         methods=",".join(entries),

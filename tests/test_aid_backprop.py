@@ -93,7 +93,7 @@ def test_backprop_training_moves_the_actor(tmp_path):
     assert m and all(np.isfinite(r["actor_loss"]) and r["actor_grad_norm"] > 0 for r in m)
     leaves = jax.tree.leaves(out["state"]["actor"])
     assert any(float(jnp.max(jnp.abs(a))) > 0 for a in leaves)  # the zero-init output moved
-    assert "critic_loss" not in m[0]  # no critic in this mode
+    assert "critic_loss" not in m[0] and "critic" not in out["state"]  # no critic in this mode
     config.train.antithetic = True
     with pytest.raises(ValueError, match="antithetic=False"):
         train.train(config, str(tmp_path / "pairs"))

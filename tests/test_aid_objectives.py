@@ -256,6 +256,10 @@ def test_training_with_a_teacher_and_residual_charge(tmp_path):
 
     params = api.load(tmp_path / "teacher" / "best")
     assert params.config.charge == "residual" and params.config.psi_teacher == 1.0
+    # The export carries how it was trained itself (no reading of the run's config.json).
+    manifest = json.loads((tmp_path / "teacher" / "best" / "aid_config.json").read_text())
+    assert manifest["training"]["train"]["teacher"]["method"] == "ddnm"
+    assert manifest["data"] == config.data.to_dict()
 
 
 def test_every_recipe_builds_a_valid_problem():

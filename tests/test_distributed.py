@@ -13,7 +13,6 @@ The two processes run this file as a script (``_child``); 2 local devices each, 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import pathlib
@@ -27,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from smoke_configs import trainer_smoke_config
 
 from aid_jax import distributed
 
@@ -53,13 +53,8 @@ CHILD_ENV = dict(
 
 
 def smoke_config(name: str, steps: int = STEPS):
-    """``configs/<name>.py:smoke`` for ``steps`` steps (absolute backbone path)."""
-    sys.path.insert(0, str(ROOT))
-    module = importlib.import_module(f"configs.{name}")
-    # AID: the trainer's defaults (antithetic pairs and the critic: the most collectives);
-    # the main job's backprop recipe shares the same sharded step machinery.
-    config = getattr(module, "trainer_defaults", module.get_config)("smoke")
-    config.backbone.path = str(ROOT / config.backbone.path)
+    """``configs/<name>.py:smoke`` for ``steps`` steps (tests/smoke_configs.py)."""
+    config = trainer_smoke_config(name)
     config.train.update(num_steps=steps, log_every=1, checkpoint_every=steps, eval_every=0)
     return config
 

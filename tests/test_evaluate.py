@@ -144,6 +144,20 @@ def test_config_errors_before_loading(tmp_path, field, value, match):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_tuned_headline_plan_checks_and_carries_the_shipped_modules():
+    """configs/eval_fashion_mnist.py:tuned: every tuned baseline entry and the shipped AID and
+    DEFT modules pass the harness's up-front checks (options, step counts)."""
+    config = eval_fashion_mnist.get_config("tuned")
+    config.eval.batch_size = 96  # a multiple of the tests' 8 fake devices
+    todo = evaluate.plan(config)
+    names = {method for _, method, _ in todo}
+    assert {"aid_nfe10", "aid_nfe20", "deft_nfe10", "deft_small_nfe10"} <= names
+    assert {"ddnm_nfe10", "pigdm_nfe10", "dps_nfe20"} <= names
+    assert config.methods.aid_nfe10.options.checkpoint == "ported_weights/aid_fashion_mnist"
+    assert config.methods.aid_nfe20.steps == (20,) and config.methods.aid_nfe20.family == "aid"
+    assert len(todo) == 5 * len(names)  # five masks
+
+
 def test_vipaint_config_errors(tmp_path):
     config = eval_fashion_mnist.get_config("smoke")
     config.eval.methods = "vipaint"

@@ -6,7 +6,6 @@ rules (damaged checkpoints moved aside, one writer per workdir, unwritable workd
 
 import dataclasses
 import functools
-import importlib
 import json
 import os
 import pathlib
@@ -23,23 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from smoke_configs import trainer_smoke_config
 
 from aid_jax import checkpoint, pretrain, sharding, train_loop
 from aid_jax.aid import train as aid_train
 
 ROOT = pathlib.Path(__file__).parent.parent
-
-
-def smoke_config(name: str):
-    """``configs/<name>.py:smoke``, its backbone path (if any) made absolute."""
-    sys.path.insert(0, str(ROOT))
-    module = importlib.import_module(f"configs.{name}")
-    # AID: the trainer's defaults (critic, actor, antithetic pairs: every part of the state
-    # moves); the main job's backprop recipe runs on the same loop (test_aid_backprop.py).
-    config = getattr(module, "trainer_defaults", module.get_config)("smoke")
-    if "backbone" in config:
-        config.backbone.path = str(ROOT / config.backbone.path)
-    return config
 
 
 def _another_aid_config(config) -> str:
@@ -65,7 +53,7 @@ class Case:
 CASES = {
     "aid": Case(
         module=aid_train,
-        config=functools.partial(smoke_config, "fashion_mnist"),
+        config=functools.partial(trainer_smoke_config, "fashion_mnist"),
         run=aid_train.train,
         another_config=_another_aid_config,
         trained=("actor", "critic"),
@@ -73,7 +61,7 @@ CASES = {
     ),
     "pretrain": Case(
         module=pretrain,
-        config=functools.partial(smoke_config, "pretrain_fashion_mnist"),
+        config=functools.partial(trainer_smoke_config, "pretrain_fashion_mnist"),
         run=pretrain.train_and_evaluate,
         another_config=_another_pretrain_config,
         trained=("params",),
@@ -321,6 +309,24 @@ def test_no_restorable_checkpoint_is_a_clear_error_and_moves_nothing(tmp_path):
         train_loop.run(toy_trainer(), tmp_path)
     assert _folders(tmp_path) == ["2", "4"]
     assert not (tmp_path / train_loop.LOCK_FILE).exists()  # released on the error
+
+
+def test_entries_the_state_no_longer_has_are_read_and_dropped(tmp_path):
+    """A run saved with an entry its trainer no longer carries (AID's backprop actor had a
+    critic) resumes: Orbax restores only whole trees, so the entry is read and dropped."""
+    state = {"step": np.int32(3), "w": np.arange(4.0, dtype=np.float32)}
+    old = dict(state, critic={"k": np.ones((2, 3), np.float32)})
+    with checkpoint.make_manager(tmp_path) as manager:
+        checkpoint.save_train_state(manager, 3, old, {"fingerprint": {}})
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    with checkpoint.make_manager(tmp_path) as manager:
+        step, got, _ = checkpoint.restore_run(manager, abstract, {}, tmp_path)
+    assert step == 3 and set(got) == {"step", "w"}
+    np.testing.assert_array_equal(got["w"], state["w"])
+    # Entries missing from the checkpoint are still an error (nothing is made up).
+    more = dict(abstract, extra=jax.ShapeDtypeStruct((2,), np.float32))
+    with checkpoint.make_manager(tmp_path) as manager, pytest.raises(checkpoint.RestoreError):
+        checkpoint.restore_run(manager, more, {}, tmp_path)
 
 
 def test_the_lock_is_held_during_the_run_and_released_however_it_ends(tmp_path):

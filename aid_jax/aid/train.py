@@ -127,20 +127,24 @@ def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.Gradien
 
 
 def init_state(config, cfg: model.AIDConfig, actor_tx, critic_tx, key):
+    """The training state; the critic and its optimiser only where the estimator uses them
+    (``train.actor='backprop'`` has none)."""
     k_actor, k_critic = jax.random.split(key)
+    with_critic = config.train.actor != "backprop"
 
     @jax.jit
     def build():
         actor = model.init_actor(k_actor, cfg)
-        critic = model.init_critic(k_critic, cfg)
-        return dict(
+        state = dict(
             step=jnp.zeros((), jnp.int32),
             actor=actor,
-            critic=critic,
             actor_opt=actor_tx.init(actor),
-            critic_opt=critic_tx.init(critic),
             actor_ema=jax.tree.map(jnp.copy, actor),
         )
+        if with_critic:
+            critic = model.init_critic(k_critic, cfg)
+            state.update(critic=critic, critic_opt=critic_tx.init(critic))
+        return state
 
     with jax.numpy_dtype_promotion("standard"):
         return build()
@@ -218,7 +222,7 @@ def make_train_step(
 
     def backprop_step(state, denoise, x_init, x0, mask, reference, psi):
         """train.actor='backprop': one exact-gradient step of the deterministic deployed sampler
-        (losses.backprop_actor_loss); the critic is not used and stays as it is."""
+        (losses.backprop_actor_loss); the state has no critic."""
         y = mask * x0
 
         def actor_objective(ap):
@@ -545,7 +549,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx, teacher),
         inputs_at=inputs_at,
         loss="actor_loss" if t.actor == "backprop" else "critic_loss",
-        parameters=lambda state: dict(actor=state["actor"], critic=state["critic"]),
+        parameters=lambda state: {k: state[k] for k in ("actor", "critic") if k in state},
         postfix=lambda m: dict(
             psi=f"{m['terminal_loss']:.4f}", delta=f"{m.get('delta_std', float('nan')):.3g}"
         ),
