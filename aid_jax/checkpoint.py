@@ -282,11 +282,14 @@ DAMAGED_SUFFIX = ".damaged"  # <checkpoints>/<step>.damaged: a checkpoint moved 
 
 
 def config_fingerprint(config, keys) -> dict:
-    """The values of the run-defining config entries ``keys`` (dotted names) as plain JSON."""
+    """The values of the run-defining config entries ``keys`` (dotted names) as plain JSON; an
+    entry the config lacks is None (what an optional entry's absent default means)."""
 
     def get(dotted):
         node = config
         for part in dotted.split("."):
+            if part not in node:
+                return None
             node = node[part]
         return node.to_dict() if hasattr(node, "to_dict") else node
 
@@ -330,9 +333,11 @@ def restore_run(manager: ocp.CheckpointManager, abstract_state, fingerprint: dic
             f"no checkpoint in {directory} can be restored ({listing}). Nothing was moved. To "
             f"start afresh, move {directory} aside (or use a new --workdir)."
         )
+    # An entry made run-defining after the run was saved matches while it has the value None
+    # (its absent default); entries no longer run-defining are ignored.
     saved = restored[2].get("fingerprint", {})
-    if saved != fingerprint:
-        diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+    diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+    if diff:
         raise ResumeError(
             f"{workdir} holds a run made with a different configuration (differs in {diff}). "
             "Use a new --workdir, or the original config, to resume."

@@ -24,8 +24,10 @@ sys.modules[__name__].__class__ = _CallableModule
 
 def main(argv=None) -> int:
     """The command line of :func:`aid_jax.inpaint_images.main`; returns the exit status."""
+    from aid_jax import compile_cache
     from aid_jax.inpaint_images import main as images_main
 
+    compile_cache.enable()  # warm starts ($AID_JAX_COMPILATION_CACHE; aid_jax/compile_cache.py)
     return images_main(argv)
 
 

@@ -3,7 +3,8 @@
 Any config field can be overridden on the command line, e.g. `--config.sampler.num_steps=32`.
 `config.mode` picks one runner of `RUNNERS`; each imports what its mode needs on first use.
 Multi-process runs: `config.distributed` or the AID_JAX_* environment (aid_jax/distributed.py)
-start JAX's distributed runtime before any mode touches a device.
+start JAX's distributed runtime before any mode touches a device. Compiled programs are kept in
+JAX's persistent cache (aid_jax/compile_cache.py; AID_JAX_COMPILATION_CACHE=off turns it off).
 """
 
 from absl import app, flags, logging
@@ -110,8 +111,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
     config = _CONFIG.value
-    from aid_jax import distributed
+    from aid_jax import compile_cache, distributed
 
+    compile_cache.enable()  # warm starts ($AID_JAX_COMPILATION_CACHE; aid_jax/compile_cache.py)
     distributed.initialize(config)  # first: before anything touches a device
     run_mode(config, _WORKDIR.value or config.workdir)
 

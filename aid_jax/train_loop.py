@@ -370,6 +370,12 @@ def _stale(record: dict | None) -> str | None:
 
 def host_images(source, step: int, batch_size: int, seed: int) -> np.ndarray:
     """This process's rows of the training images of step ``step`` (uint8 → [-1, 1] float32)."""
+    return host_batch(source, step, batch_size, seed)["image"]
+
+
+def host_batch(source, step: int, batch_size: int, seed: int) -> dict:
+    """This process's rows of training step ``step``: ``{"image": float32 in [-1, 1],
+    "label": int32 class ids (-1 = unlabelled)}``."""
     return pipeline.batch_at(
         source,
         step,
@@ -377,7 +383,46 @@ def host_images(source, step: int, batch_size: int, seed: int) -> np.ndarray:
         seed=int(seed),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-    )["image"]
+    )
+
+
+def use_class_labels(option, label_dim: int, source, name: str = "train.use_labels") -> bool:
+    """Whether a trainer gives a class-conditional backbone the images' classes (True) or its
+    unconditional zero class vector (False) — the harness's ``eval.use_labels`` rules for
+    training. ``option``: None = auto (on when the backbone has classes and the data labels),
+    True or False. Checked before anything compiles; a ValueError says what to change."""
+    if option is not None and not isinstance(option, bool | np.bool_):
+        raise ValueError(f"{name} must be True, False or None (auto), got {option!r}")
+    label_dim = int(label_dim or 0)
+    labelled = int(getattr(source, "num_classes", 0) or 0) > 0
+    if not label_dim:
+        if option:
+            raise ValueError(
+                f"{name}=True but the backbone is unconditional (label_dim 0): set {name}=None "
+                "(auto) or False"
+            )
+        return False
+    if option and not labelled:
+        raise ValueError(
+            f"{name}=True but data {getattr(source, 'name', '?')} has no class labels: use "
+            f"labelled data, or set {name}=False to train with the zero class vector"
+        )
+    use = labelled if option is None else bool(option)
+    if not use and is_main_process():
+        why = f"{name}=False" if option is False else "the data has no labels"
+        print(f"note: the {label_dim}-class backbone gets its zero class vector ({why})")
+    return use
+
+
+def class_label_rows(ids: np.ndarray, label_dim: int, what: str) -> np.ndarray:
+    """Class ids -> float32 one-hot rows ``[n, label_dim]`` (``backbones.prepare_labels``' rules;
+    an unlabelled (-1) or out-of-range id is a ValueError naming ``what``)."""
+    from aid_jax import backbones  # the loop itself needs no backbone
+
+    try:
+        return np.asarray(backbones.prepare_labels(np.asarray(ids), label_dim, len(ids)))
+    except backbones.BackboneError as e:
+        raise ValueError(f"{what}: {e}") from e
 
 
 def process_rows(array: np.ndarray) -> np.ndarray:
@@ -423,11 +468,14 @@ __all__ = [
     "Trainer",
     "WorkdirError",
     "check_workdir",
+    "class_label_rows",
     "global_batch",
+    "host_batch",
     "host_images",
     "is_main_process",
     "process_rows",
     "run",
     "save_grid",
+    "use_class_labels",
     "workdir_lock",
 ]

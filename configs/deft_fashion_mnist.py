@@ -73,6 +73,9 @@ def get_config(arg=None):
             keep=3,
             val_images=32,  # fixed batch of the validation block of config.eval_data
             tensorboard=True,
+            # Class-conditional backbones: None = the images' classes when the data has them,
+            # False = the zero class vector (train_loop.use_class_labels).
+            use_labels=ml_collections.FieldReference(None, field_type=bool),
         )
     )
     config.optim = ml_collections.ConfigDict(

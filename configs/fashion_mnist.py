@@ -126,6 +126,9 @@ def trainer_defaults(arg=None):
             adv_lambda=0.0,  # actor weight: 0 = δ_k (the paper)
             adv_norm="per_step",  # "none" | "per_step" | "global"
             critic_warmup=20,  # critic-only steps before the actor moves
+            # Class-conditional backbones: None = the images' classes when the data has them,
+            # False = the zero class vector (train_loop.use_class_labels).
+            use_labels=ml_collections.FieldReference(None, field_type=bool),
             # A registered sampler run from the rollout's own X_0 (aid_jax/aid/teacher.py), for
             # aid.psi_teacher / lpips_target="teacher" / critic_teacher; "" = none.
             teacher=dict(method="", num_steps=0, options=dict()),

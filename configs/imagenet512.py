@@ -24,8 +24,9 @@ Smoke:  --config=configs/imagenet512.py:smoke — a random EDM2 of the tiny fixt
         the tests' CPU budget) and a random 2-level VAE (factor 2, 32×32 images), synthetic
         data; two AID steps and a tiny evaluation (what the tests run).
 
-Known limits (docs/LATENT.md): AID's training does not pass class labels to the backbone (the
-zero class vector) and validates on latents, so metrics.lpips stays "" here (AID's validation
+Class labels: AID's training and validation give the backbone the images' classes
+(train.use_labels=None: on for labelled data; False = the zero class vector). Known limits
+(docs/LATENT.md): AID validates on latents, so metrics.lpips stays "" here (AID's validation
 would apply it to latents); pixel-space Ψ and VIPaint's pixel likelihood are TODO.
 """
 

@@ -6,6 +6,9 @@ The flags must be set before JAX initialises its backend, hence at import time.
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The command lines' persistent compilation cache stays out of the user's home in the tests
+# (subprocesses inherit this; tests/test_compile_cache.py points it at a temporary folder).
+os.environ.setdefault("AID_JAX_COMPILATION_CACHE", "off")
 
 import jax  # noqa: E402
 

@@ -420,3 +420,82 @@ def test_harness_label_choice():
     ]:
         with pytest.raises(evaluate.EvaluationError, match=match):
             evaluate._eval_labels(c, backbone, source, lab, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) the trainers: AID and DEFT give a class-conditional backbone the batch's classes
+
+
+def _trainer_step(trainer: str, image_shape, backbone_config):
+    """(jitted step, initial state) of the AID or DEFT trainer's smoke config on ``image_shape``."""
+    import sys
+
+    sys.path.insert(0, str(TESTDATA.parent.parent))
+    if trainer == "aid":
+        from aid_jax.aid import train
+        from configs import fashion_mnist
+
+        config = fashion_mnist.trainer_defaults("smoke")
+        cfg = train.aid_config(config, image_shape)
+        actor_tx, critic_tx = train.make_optimizers(config)
+        state = train.init_state(config, cfg, actor_tx, critic_tx, jax.random.key(1))
+        step = train.make_train_step(config, cfg, backbone_config, actor_tx, critic_tx)
+        return jax.jit(step), state, "terminal_loss"
+    from aid_jax.deft import train
+    from configs import deft_fashion_mnist
+
+    config = deft_fashion_mnist.get_config("smoke")
+    cfg = train.deft_config(config, image_shape)
+    tx = train.make_optimizer(config)
+    state = train.init_state(cfg, tx, jax.random.key(1))
+    return jax.jit(train.make_train_step(config, cfg, backbone_config, tx)), state, "loss"
+
+
+@pytest.mark.parametrize("trainer", ["aid", "deft"])
+def test_trainers_give_the_backbone_the_batch_classes(tiny_cond, trainer, monkeypatch):
+    """Every denoiser call of a training step gets one-hot rows of the batch (AID's antithetic
+    pairs: each row's class twice), and other classes give another step."""
+    params, cfg = tiny_cond
+    seen = []
+    original = backbones.denoise
+
+    def spy(p, x, sigma, labels=None, **kw):
+        seen.append(None if labels is None else (x.shape[0], *labels.shape))
+        return original(p, x, sigma, labels, **kw)
+
+    monkeypatch.setattr(backbones, "denoise", spy)
+    step, state, loss = _trainer_step(trainer, (8, 8, 3), cfg)
+    x0 = np.asarray(jax.random.uniform(jax.random.key(2), (4, 8, 8, 3), minval=-1, maxval=1))
+    mask = masks.make_masks("center_box", 4, 8, seed=0, fraction=0.5)
+    key = jax.random.key(3)
+    _, m_a = step(state, params, x0, mask, key, prepare_labels(np.array([1, 7, 3, 3]), 10, 4))
+    assert seen and all(s is not None and s[0] == s[1] and s[2] == NUM_CLASSES for s in seen)
+    _, m_b = step(state, params, x0, mask, key, prepare_labels(np.array([4, 2, 0, 9]), 10, 4))
+    _, m_zero = step(state, params, x0, mask, key, jnp.zeros((4, NUM_CLASSES), jnp.float32))
+    assert float(m_a[loss]) != float(m_b[loss]) and float(m_a[loss]) != float(m_zero[loss])
+
+
+def test_trainer_label_choice():
+    """train.use_labels: the harness's rules (auto / on / off), checked before compiling; the
+    rows are one-hot, an unlabelled or out-of-range id an error naming the data."""
+    from aid_jax import train_loop
+
+    labelled = types.SimpleNamespace(num_classes=3, name="d")
+    unlabelled = types.SimpleNamespace(num_classes=0, name="u")
+    assert train_loop.use_class_labels(None, 3, labelled) is True
+    assert train_loop.use_class_labels(True, 3, labelled) is True
+    assert train_loop.use_class_labels(False, 3, labelled) is False
+    assert train_loop.use_class_labels(None, 3, unlabelled) is False  # the zero class vector
+    assert train_loop.use_class_labels(None, 0, labelled) is False  # unconditional
+    for option, dim, source, match in [
+        (True, 0, labelled, "unconditional"),
+        (True, 3, unlabelled, "no class labels"),
+        ("yes", 3, labelled, "True, False or None"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            train_loop.use_class_labels(option, dim, source)
+    rows = train_loop.class_label_rows(np.array([2, 0]), 3, "data d")
+    np.testing.assert_array_equal(rows, np.eye(3, dtype=np.float32)[[2, 0]])
+    for ids in (np.array([2, -1]), np.array([3, 0])):
+        with pytest.raises(ValueError, match="data d"):
+            train_loop.class_label_rows(ids, 3, "data d")

@@ -51,6 +51,7 @@ RUN_DEFINING = (
     "train.adv_norm",
     "train.critic_warmup",
     "train.teacher",
+    "train.use_labels",
 )
 ACTORS = ("lr", "pathwise", "backprop")
 
@@ -256,13 +257,19 @@ def make_train_step(
         )
         return new_state, metrics
 
-    def train_step(state, backbone_params, x0, mask, base_key):
+    def train_step(state, backbone_params, x0, mask, base_key, labels=None):
+        """``labels``: one-hot rows for a class-conditional backbone (train.use_labels), else
+        None (an unconditional backbone, or its zero class vector)."""
         step = state["step"]
         key = jax.random.fold_in(base_key, step)
         k_init, k_policy = jax.random.split(key)
 
-        def denoise(x, sigma):
-            return backbones.denoise(backbone_params, x, sigma, config=backbone_config)
+        def bind(rows):  # the backbone with the batch's classes (methods may pass their own)
+            def denoise(x, sigma, class_labels=None):
+                given = rows if class_labels is None else class_labels
+                return backbones.denoise(backbone_params, x, sigma, given, config=backbone_config)
+
+            return denoise
 
         if teacher is None:
             x_init = cfg.sigma_max * jax.random.normal(k_init, x0.shape, jnp.float32)
@@ -270,9 +277,10 @@ def make_train_step(
         else:  # X_0 and T from one key per observation (aid_jax.aid.teacher)
             row_keys = jax.random.split(k_init, x0.shape[0])
             x_init = teacher.starts(row_keys, x0.shape[1:])
-            target = teacher(denoise, mask * x0, mask, row_keys)
+            target = teacher(bind(None), mask * x0, mask, row_keys, labels)
         if t.antithetic:
-            x0, mask, x_init, target = control.pair_up((x0, mask, x_init, target))
+            x0, mask, x_init, target, labels = control.pair_up((x0, mask, x_init, target, labels))
+        denoise = bind(labels)
         y = mask * x0
 
         reference = model.reference_fn(cfg, y, mask) if cfg.charge == "residual" else None
@@ -405,12 +413,14 @@ def make_train_step(
 
 
 def make_validate(cfg: model.AIDConfig, backbone_config, backbone_sha256: str):
-    """jitted ``(backbone_params, actor, x0, mask, key) -> (samples, hole MSE per image)``."""
+    """jitted ``(backbone_params, actor, x0, mask, key, labels=None) -> (samples, hole MSE per
+    image)``; ``labels`` one-hot rows for a class-conditional backbone (None: its zero class
+    vector, or an unconditional backbone)."""
 
     @jax.jit
-    def validate(backbone_params, actor, x0, mask, key):
+    def validate(backbone_params, actor, x0, mask, key, labels=None):
         p = model.AIDParams(backbone_params, actor, backbone_config, cfg, backbone_sha256)
-        x = model.inpaint(p, x0, mask, key=key, paste_back=True).x
+        x = model.inpaint(p, x0, mask, key=key, labels=labels, paste_back=True).x
         hole = 1.0 - mask
         mse = jnp.sum(jnp.square(x - x0) * hole, axis=(1, 2, 3)) / jnp.maximum(
             jnp.sum(hole, axis=(1, 2, 3)) * x0.shape[-1], 1.0
@@ -420,15 +430,32 @@ def make_validate(cfg: model.AIDConfig, backbone_config, backbone_sha256: str):
     return validate
 
 
-def validation_set(config, image_shape, specs):
-    """The fixed validation batch (x0, masks) of a guidance-module run (AID, DEFT)."""
+def validation_set(config, image_shape, specs, label_dim: int = 0):
+    """The fixed validation batch (x0, masks, labels) of a guidance-module run (AID, DEFT);
+    labels are one-hot rows when ``label_dim`` > 0 (the trainer gives the backbone classes),
+    else None."""
     source = sources.make_source(config.eval_data)
     n = int(config.train.val_images)
     # The held-out validation block of the evaluation split: never a test image.
     idx = pipeline.eval_indices(len(source), n, int(config.seed), subset="validation")
-    x0 = pipeline.to_model_range(source.get(idx)[0])
+    images, ids = source.get(idx)
+    x0 = pipeline.to_model_range(images)
     m = masks_at(specs, n, image_shape[:2], int(config.seed), 0, stream=1)
-    return x0, m
+    labels = None
+    if label_dim:
+        labels = train_loop.class_label_rows(ids, label_dim, f"eval_data {source.name}")
+    return x0, m, labels
+
+
+def training_labels(config, backbone, source):
+    """(label_dim the trainer feeds, 0 for none; ``labels_at(ids)`` -> one-hot rows or None):
+    the images' classes for a class-conditional backbone unless ``train.use_labels`` says
+    otherwise (train_loop.use_class_labels)."""
+    label_dim = int(getattr(backbone.config, "label_dim", 0) or 0)
+    use = train_loop.use_class_labels(config.train.get("use_labels", None), label_dim, source)
+    if not use:
+        return 0, lambda ids: None
+    return label_dim, lambda ids: train_loop.class_label_rows(ids, label_dim, f"data {source.name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,16 +493,24 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     init_key, train_key, val_key = jax.random.split(root, 3)
     backbone_params = sharding.replicate(backbone.params, mesh)
 
+    label_dim, labels_at = training_labels(config, backbone, source)
+
     def inputs_at(step):
-        x0 = train_loop.host_images(source, step, rows, config.seed)
+        batch_rows = train_loop.host_batch(source, step, rows, config.seed)
         m = train_loop.process_rows(masks_at(specs, rows, shape[:2], int(config.seed), step))
-        return (backbone_params, *train_loop.global_batch(mesh, x0, m), train_key)
+        arrays = (batch_rows["image"], m)
+        labels = labels_at(batch_rows["label"])
+        if labels is None:
+            return (backbone_params, *train_loop.global_batch(mesh, *arrays), train_key)
+        x0, m, labels = train_loop.global_batch(mesh, *arrays, labels)
+        return (backbone_params, x0, m, train_key, labels)
 
     # ------------------------------------------------------------------ validation hooks
     validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)
-    val_x0, val_mask = validation_set(config, shape, specs)
+    val_x0, val_mask, val_labels = validation_set(config, shape, specs, label_dim)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
+    val_labels_d = None if val_labels is None else sharding.shard_batch(val_labels, mesh)
     net = config.get("metrics", {}).get("lpips", "") if "metrics" in config else ""
     lpips = lpips_metric.LPIPS.load(net, batch_size=len(val_x0)) if net else None
     # Selection (issue 16): by LPIPS on the hole (hole MSE rewards the blur of the conditional
@@ -484,7 +519,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None, select=select)
 
     def val_metrics(actor):
-        x_val, mse = validate(backbone_params, actor, val_x0_d, val_mask_d, val_key)
+        x_val, mse = validate(backbone_params, actor, val_x0_d, val_mask_d, val_key, val_labels_d)
         x_val = np.asarray(x_val)
         out = {"val_mse_hole": float(np.mean(np.asarray(mse)))}
         if lpips is not None:

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from aid_jax import backbones, checkpoint, guidance_module, images, sharding, train_loop
-from aid_jax.aid.train import mask_specs, masks_at, validation_set
+from aid_jax.aid.train import mask_specs, masks_at, training_labels, validation_set
 from aid_jax.data import sources
 from aid_jax.deft import api, losses, model
 
@@ -52,7 +52,16 @@ __all__ = [
 # Config groups that define the run: resuming with different values is an error. The learning
 # rate's decay horizon is optim.decay_steps (in the configs a reference to train.num_steps), so
 # a longer run is a new run, but a killed one resumes.
-RUN_DEFINING = ("seed", "backbone", "data", "deft", "optim", "train.batch_size", "train.masks")
+RUN_DEFINING = (
+    "seed",
+    "backbone",
+    "data",
+    "deft",
+    "optim",
+    "train.batch_size",
+    "train.masks",
+    "train.use_labels",
+)
 SCHEDULES = ("linear", "constant")
 
 ResumeError = checkpoint.ResumeError
@@ -113,10 +122,11 @@ def init_state(cfg: model.DEFTConfig, tx, key):
 
 
 def make_train_step(config, cfg: model.DEFTConfig, backbone_config, tx):
-    """One step: (state, backbone_params, x0, mask, key) -> (state, metrics). Pure; jit at the
-    caller. The backbone runs forward only, outside the differentiated function."""
+    """One step: (state, backbone_params, x0, mask, key, labels=None) -> (state, metrics). Pure;
+    jit at the caller. The backbone runs forward only, outside the differentiated function;
+    ``labels`` are one-hot rows for a class-conditional backbone (train.use_labels) or None."""
 
-    def train_step(state, backbone_params, x0, mask, base_key):
+    def train_step(state, backbone_params, x0, mask, base_key, labels=None):
         step = state["step"]
         key = jax.random.fold_in(base_key, step)
         k_sigma, k_noise = jax.random.split(key)
@@ -124,7 +134,7 @@ def make_train_step(config, cfg: model.DEFTConfig, backbone_config, tx):
         noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
 
         def denoise(x, s):
-            return backbones.denoise(backbone_params, x, s, config=backbone_config)
+            return backbones.denoise(backbone_params, x, s, labels, config=backbone_config)
 
         x, denoised = losses.noisy_batch(denoise, x0, sigma, noise)
 
@@ -164,22 +174,22 @@ def make_train_step(config, cfg: model.DEFTConfig, backbone_config, tx):
 
 
 def make_validate(cfg: model.DEFTConfig, backbone_config, backbone_sha256: str):
-    """jitted ``(backbone_params, hnet, x0, mask, key) -> (samples, hole MSE [B], loss [B],
-    unguided loss [B])``: Euler with ``cfg.num_steps`` steps, pasted back; the loss at noise
-    levels and noises fixed by ``key``."""
+    """jitted ``(backbone_params, hnet, x0, mask, key, labels=None) -> (samples, hole MSE [B],
+    loss [B], unguided loss [B])``: Euler with ``cfg.num_steps`` steps, pasted back; the loss at
+    noise levels and noises fixed by ``key``; ``labels`` as in the training step."""
 
     @jax.jit
-    def validate(backbone_params, hnet, x0, mask, key):
+    def validate(backbone_params, hnet, x0, mask, key, labels=None):
         k_sample, k_sigma, k_noise = jax.random.split(key, 3)
         p = model.DEFTParams(backbone_params, hnet, backbone_config, cfg, backbone_sha256)
-        x = model.inpaint(p, x0, mask, key=k_sample, paste_back=True).x
+        x = model.inpaint(p, x0, mask, key=k_sample, labels=labels, paste_back=True).x
         hole = 1.0 - mask
         mse = jnp.sum(jnp.square(x - x0) * hole, axis=(1, 2, 3)) / jnp.maximum(
             jnp.sum(hole, axis=(1, 2, 3)) * x0.shape[-1], 1.0
         )
         sigma = model.sample_sigmas(cfg, k_sigma, x0.shape[0])
         noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
-        xn, denoised = losses.noisy_batch(p.denoise, x0, sigma, noise)
+        xn, denoised = losses.noisy_batch(lambda x_, s: p.denoise(x_, s, labels), x0, sigma, noise)
         loss, aux = losses.deft_loss(
             model.hnet_apply_fn(hnet, cfg), cfg, x0, xn, denoised, mask, sigma
         )
@@ -215,28 +225,36 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     init_key, train_key, val_key = jax.random.split(jax.random.key(int(config.seed)), 3)
     backbone_params = sharding.replicate(backbone.params, mesh)
 
+    label_dim, labels_at = training_labels(config, backbone, source)
+
     def inputs_at(step):
-        x0 = train_loop.host_images(source, step, batch, config.seed)
+        rows = train_loop.host_batch(source, step, batch, config.seed)
         m = train_loop.process_rows(masks_at(specs, batch, shape[:2], int(config.seed), step))
-        return (backbone_params, *train_loop.global_batch(mesh, x0, m), train_key)
+        arrays = (rows["image"], m)
+        labels = labels_at(rows["label"])
+        if labels is None:
+            return (backbone_params, *train_loop.global_batch(mesh, *arrays), train_key)
+        x0, m, labels = train_loop.global_batch(mesh, *arrays, labels)
+        return (backbone_params, x0, m, train_key, labels)
 
     validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)
-    val_x0, val_mask = validation_set(config, shape, specs)
+    val_x0, val_mask, val_labels = validation_set(config, shape, specs, label_dim)
     val_x0_d = sharding.shard_batch(val_x0, mesh)
     val_mask_d = sharding.shard_batch(val_mask, mesh)
+    val_labels_d = None if val_labels is None else sharding.shard_batch(val_labels, mesh)
     summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None)
 
     def on_start(state, writer):
         if train_loop.is_main_process():
             write_run_manifest(writer.workdir, cfg, config, sha)
         zero = jax.tree.map(jnp.zeros_like, state["hnet"])  # U ≡ 0, γ ≡ 0: the backbone alone
-        _, mse, _, _ = validate(backbone_params, zero, val_x0_d, val_mask_d, val_key)
+        _, mse, _, _ = validate(backbone_params, zero, val_x0_d, val_mask_d, val_key, val_labels_d)
         summary["val_mse_hole_init"] = float(np.mean(np.asarray(mse)))
 
     def on_step(step, state, writer):
         if (t.eval_every and step % int(t.eval_every) == 0) or step == int(t.num_steps):
             x_val, mse, loss, unguided = validate(
-                backbone_params, state["ema"], val_x0_d, val_mask_d, val_key
+                backbone_params, state["ema"], val_x0_d, val_mask_d, val_key, val_labels_d
             )
             summary["val_mse_hole"] = float(np.mean(np.asarray(mse)))
             writer.write_scalars(

@@ -1,0 +1,65 @@
+"""benchmarks/aid_target.py: issue 16's target read from the harness's job files (synthetic)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, ".")
+from benchmarks import aid_target  # noqa: E402
+
+N = 64
+
+
+def _job(workdir, mask, entry, family, nfe, nfe_backward, values, fid):
+    (workdir / "jobs").mkdir(parents=True, exist_ok=True)
+    row = dict(mask=mask, method=entry, family=family, steps=nfe, nfe=nfe)
+    row.update(nfe_backward=nfe_backward, metrics=dict(fid_lenet=dict(value=fid)))
+    np.savez(
+        workdir / "jobs" / f"{mask}__{entry}__{nfe}.npz",
+        meta=np.array(json.dumps(dict(fingerprint="x", row=row))),
+        **{"per_image/lpips_hole": values},
+    )
+
+
+def _masks(workdir, mask, seed=0):
+    (workdir / "masks").mkdir(parents=True, exist_ok=True)
+    m = np.random.default_rng(seed).integers(0, 2, (N, 4, 4, 1)).astype(np.float32)
+    np.savez(workdir / "masks" / f"{mask}.npz", masks=m)
+
+
+def test_target_lines(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.3, N)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for w, mask in [(a, "center_box"), (b, "strokes")]:
+        _masks(w, mask)
+        _job(w, mask, "aid_nfe10", "aid", 10, 0, base, 5.0)
+        _job(w, mask, "ddnm_nfe10", "ddnm", 10, 0, base + 0.05, 9.0)  # AID better, FID too
+        _job(w, mask, "deft_nfe10", "deft", 10, 0, base - 0.05, 4.0)  # amortized: side by side
+        _job(w, mask, "dps_nfe20", "dps", 20, 20, base - 0.05, 3.0)  # 40 NFE: not "cheap"
+    # On strokes a cheap baseline ties AID in LPIPS: the target fails there.
+    _job(b, "strokes", "pigdm_nfe10", "pigdm", 10, 10, base + rng.normal(0, 0.01, N), 6.0)
+    result = aid_target.compare(aid_target.load_jobs([a, b]))
+    verdict = aid_target.verdict(result)
+    assert verdict["center_box"]["cheap_baselines"] == ["ddnm_nfe10"]
+    assert verdict["center_box"]["beats_every_cheap_baseline"]
+    assert not verdict["strokes"]["beats_every_cheap_baseline"]
+    assert verdict["strokes"]["lost_to"] == ["pigdm_nfe10"]
+    rows = {x["entry"]: x for x in result["center_box"]["rows"]}
+    assert rows["ddnm_nfe10"]["delta"]["mean"] == pytest.approx(-0.05)
+    assert rows["dps_nfe20"]["nfe"] == 40
+    assert "★" in aid_target.markdown(result, "t")
+
+
+def test_jobs_of_one_mask_with_other_masks_are_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    values = np.full(N, 0.2)
+    for w, seed in [(a, 0), (b, 1)]:
+        _masks(w, "half", seed)
+        _job(w, "half", "aid_nfe10" if w == a else "ddnm_nfe10", "x", 10, 0, values, 1.0)
+    with pytest.raises(ValueError, match="unpaired"):
+        aid_target.load_jobs([a, b])
