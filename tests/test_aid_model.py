@@ -89,6 +89,44 @@ def test_guided_euler_matches_float64_loop(bundle, data):
     assert float(jnp.abs(plain.x - out.x).max()) > 1e-2
 
 
+def test_churn_keeps_the_start_and_goes_through_the_registry(bundle, data):
+    """EDM's churn at deployment: the same initial noise (the churn's comes from fold_in(key,
+    1)), a window holding no σ_k is the deterministic result, a real one changes it; bad churn
+    options are refused by aid_jax.inpaint and by the registry's "aid" method (whose NFE is
+    unchanged)."""
+    from aid_jax import methods
+
+    x, m = data
+    key = jax.random.key(8)
+    det = aid_jax.inpaint(bundle, x, m, key=key, paste_back=False).x
+    empty = aid_jax.inpaint(bundle, x, m, key=key, paste_back=False, S_churn=9.0, S_min=500.0).x
+    np.testing.assert_array_equal(np.asarray(empty), np.asarray(det))
+    churned = aid_jax.inpaint(bundle, x, m, key=key, paste_back=False, S_churn=9.0, S_noise=1.01).x
+    assert float(jnp.abs(churned - det).max()) > 1e-2
+    for bad, match in [(dict(S_churn=-1.0), "S_churn"), (dict(S_min=2.0, S_max=1.0), "S_min")]:
+        with pytest.raises(ValueError, match=match):
+            aid_jax.inpaint(bundle, x, m, **bad)
+        with pytest.raises(ValueError, match=match):
+            methods.make_inpainter("aid", checkpoint=bundle, num_steps=4, **bad)
+    fn = methods.make_inpainter("aid", checkpoint=bundle, num_steps=4, S_churn=9.0, S_noise=1.01)
+    assert fn.nfe == 4 and fn.options["S_churn"] == 9.0
+    keys = jax.random.split(key, 3)
+    via = fn(fn.params, jnp.asarray(m * x), jnp.asarray(m), keys).x
+    one = [
+        aid_jax.inpaint(
+            bundle,
+            x[i : i + 1],
+            m[i : i + 1],
+            key=keys[i],
+            paste_back=False,
+            S_churn=9.0,
+            S_noise=1.01,
+        ).x
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(np.asarray(via), np.concatenate(one), rtol=1e-4, atol=1e-4)
+
+
 def test_paste_back_keeps_known_pixels(bundle, data):
     x, m = data
     raw = aid_jax.inpaint(bundle, x, m, paste_back=False).x

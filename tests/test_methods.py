@@ -97,10 +97,15 @@ def test_costs_match_the_built_inpainters(world):
         "checkpoint": "",
         "num_steps": None,
         "solver": "euler",
+        "S_churn": 0.0,
+        "S_min": 0.0,
+        "S_max": float("inf"),
+        "S_noise": 1.0,
         "paste_back": False,
     }
     for bad, match in [
         (dict(checkpoint="", num_steps=5), "needs options.checkpoint"),
+        (dict(checkpoint="x", num_steps=5, S_churn=-1.0), "S_churn"),
         (dict(checkpoint="x", num_steps=None), "num_steps"),
         (dict(checkpoint="x", num_steps=5, solver="rk4"), "solver"),
         (dict(checkpoint="x", num_steps=5, bogus=1), "unknown option"),
@@ -377,6 +382,10 @@ def test_aid_is_a_registered_method():
         "checkpoint": bundle,
         "num_steps": 3,
         "solver": "heun",
+        "S_churn": 0.0,
+        "S_min": 0.0,
+        "S_max": float("inf"),
+        "S_noise": 1.0,
         "paste_back": False,
     }
     assert fn.image_shape == (size, size, 1)

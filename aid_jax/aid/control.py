@@ -337,8 +337,10 @@ def controlled_sample(
     sigmas: jax.Array,
     *,
     solver: str = "euler",
+    key: jax.Array | None = None,
+    churn: tuple[float, float, float, float] = (0.0, 0.0, float("inf"), 1.0),
 ) -> ControlledSample:
-    """Deterministic deployment: the controlled ODE with u = μ (no policy noise).
+    """Deployment: the controlled ODE with u = μ (no policy noise); optionally EDM's churn.
 
     Euler: x_{k+1} = x_k + Δr (b_k + μ_k). Heun: the step-clock trapezoidal rule of the module
     docstring, μ evaluated and added at both stages, the last step (to σ = 0) Euler. Any K.
@@ -352,6 +354,11 @@ def controlled_sample(
         x_init: State at ``sigmas[0]``, ``[B, ...]``.
         sigmas: ``[K + 1]`` decreasing noise levels (ending with 0 for a full sampler).
         solver: ``'euler'`` or ``'heun'``.
+        key: PRNG key of the churn noise (needed when ``churn[0] > 0``).
+        churn: ``(S_churn, S_min, S_max, S_noise)`` of EDM's stochastic sampler (Alg. 2): each
+            step first raises σ_k to σ̂ = σ_k(1 + γ) with fresh noise, then takes the guided step
+            from σ̂ (the module sees σ̂; on the step clock dσ/dr = K(σ_{k+1} − σ̂)). No extra NFE.
+            ``S_churn = 0``: deterministic, no noise drawn.
 
     Returns:
         :class:`ControlledSample` with x_K and the static NFE.
@@ -359,11 +366,17 @@ def controlled_sample(
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     x, sigmas = _check_inputs(x_init, sigmas)
+    S_churn, S_min, S_max, S_noise = churn
     x_last, _ = sampling.integrate(
         denoise,
         x,
         sigmas,
+        key,
         solver=solver,
+        S_churn=float(S_churn),
+        S_min=float(S_min),
+        S_max=float(S_max),
+        S_noise=float(S_noise),
         clock="sigma" if guidance_mean is None else "step",
         extra_drift=guidance_mean,
     )

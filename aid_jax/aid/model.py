@@ -444,6 +444,10 @@ def inpaint(
     num_steps: int | None = None,
     paste_back: bool = True,
     labels=None,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = float("inf"),
+    S_noise: float = 1.0,
 ):
     """Inpaint with a trained AID guidance module (AID.md §6). Pure and jit-able.
 
@@ -468,6 +472,10 @@ def inpaint(
             (``aid_jax.backbones.prepare_labels``; zero rows = the backbone's unconditional zero
             class vector). Required there, refused for an unconditional backbone. The backbone's
             denoiser sees them at every step; the guidance network does not take labels.
+        S_churn, S_min, S_max, S_noise: EDM's stochastic sampler (Alg. 2) around the guided
+            steps, the guidance evaluated at the raised σ̂ (``control.controlled_sample``);
+            ``S_churn = 0`` (the default) is the deterministic deployment. The churn noise comes
+            from ``fold_in(key, 1)``, so the initial noise is the same with and without it.
 
     Returns:
         ``aid_jax.methods.InpaintResult`` (``x``, ``nfe``, ``nfe_backward = 0``).
@@ -488,6 +496,7 @@ def inpaint(
         raise AIDError(f"num_steps must be a positive int, got {num_steps!r}")
     if steps > MAX_COUNT:  # O(1), before any schedule is built
         raise AIDError(f"num_steps must be at most {MAX_COUNT:,}, got {steps}")
+    churn = check_churn(solver, int(steps), S_churn, S_min, S_max, S_noise)
     # The contract's checks (shapes only under an outer jit), then AID's own: float images.
     validate_inputs(x, mask, params.config.image_shape, host_only=False, error=AIDError, name="x")
     x = jnp.asarray(x)
@@ -507,12 +516,39 @@ def inpaint(
         solver=solver,
         num_steps=int(steps),
         paste_back=paste_back,
+        churn=churn,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "num_steps", "paste_back"))
+def check_churn(solver, num_steps, S_churn, S_min, S_max, S_noise) -> tuple:
+    """``(S_churn, S_min, S_max, S_noise)`` as floats under ``sampling.SamplerConfig``'s rules
+    (AIDError otherwise)."""
+    try:
+        cfg = sampling.SamplerConfig(
+            solver=solver,
+            num_steps=num_steps,
+            S_churn=S_churn,
+            S_min=S_min,
+            S_max=S_max,
+            S_noise=S_noise,
+        )
+    except (TypeError, ValueError) as e:
+        raise AIDError(str(e)) from e
+    return (float(cfg.S_churn), float(cfg.S_min), float(cfg.S_max), float(cfg.S_noise))
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "num_steps", "paste_back", "churn"))
 def _sample(
-    params: AIDParams, x, mask, key, labels, *, solver: str, num_steps: int, paste_back: bool
+    params: AIDParams,
+    x,
+    mask,
+    key,
+    labels,
+    *,
+    solver: str,
+    num_steps: int,
+    paste_back: bool,
+    churn: tuple = (0.0, 0.0, float("inf"), 1.0),
 ):
     """The jitted core of :func:`inpaint` (inputs already checked; ``mask`` has one channel;
     ``labels`` float32 ``[B, label_dim]`` or None)."""
@@ -528,7 +564,13 @@ def _sample(
             return params.denoise(x_, sigma, labels)
 
     out = control.controlled_sample(
-        denoise, mu, x_init, params.config.sigmas(num_steps), solver=solver
+        denoise,
+        mu,
+        x_init,
+        params.config.sigmas(num_steps),
+        solver=solver,
+        key=jax.random.fold_in(key, 1),
+        churn=churn,
     )
     sample = out.x
     if paste_back:
@@ -537,16 +579,23 @@ def _sample(
 
 
 def make_inpainter(
-    aid_params: AIDParams, *, num_steps: int | None = None, solver: str = "euler", paste_back=False
+    aid_params: AIDParams,
+    *,
+    num_steps: int | None = None,
+    solver: str = "euler",
+    paste_back=False,
+    churn: tuple = (0.0, 0.0, float("inf"), 1.0),
 ) -> Inpainter:
     """The :class:`~aid_jax.methods.Inpainter` of a trained module (the registry's ``"aid"``
     method builds it; ``aid_jax.methods.make_inpainter("aid", checkpoint=...)``): called as
     ``fn(fn.params, y, mask, key, labels=None)``; ``fn.params`` is the bundle to pass,
     ``fn.jitted`` the jitted core ``(params, y, mask, key, labels=None)`` (labels float32
     ``[B, label_dim]``), ``fn.label_dim`` the backbone's number of classes (labels required when
-    > 0, ``backbones.prepare_labels``)."""
+    > 0, ``backbones.prepare_labels``); ``churn`` = ``(S_churn, S_min, S_max, S_noise)`` of
+    :func:`inpaint`."""
     validate_params(aid_params)
     steps = int(num_steps or aid_params.config.num_steps)
+    S_churn, S_min, S_max, S_noise = check_churn(solver, steps, *churn)
 
     def core(params, y, mask, key, labels=None):
         return inpaint(
@@ -558,12 +607,24 @@ def make_inpainter(
             num_steps=steps,
             paste_back=paste_back,
             labels=labels,
+            S_churn=S_churn,
+            S_min=S_min,
+            S_max=S_max,
+            S_noise=S_noise,
         )
 
     return Inpainter(
         jitted=jax.jit(per_row_keys(core)),
         method="aid",
-        options=dict(num_steps=steps, solver=solver, paste_back=paste_back),
+        options=dict(
+            num_steps=steps,
+            solver=solver,
+            paste_back=paste_back,
+            S_churn=S_churn,
+            S_min=S_min,
+            S_max=S_max,
+            S_noise=S_noise,
+        ),
         nfe=control.controlled_nfe(steps, solver),
         nfe_backward=0,
         label_dim=aid_params.label_dim,

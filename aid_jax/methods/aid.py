@@ -6,7 +6,9 @@ checkpoint is loaded against ``Resources.backbone`` when one is given (its ``par
 must match the recorded one), placed with ``Resources.place`` and kept in ``Resources.cache``, so
 one checkpoint serves several step counts. The built :class:`~contract.Inpainter` carries the
 placed bundle as its ``params``. ``num_steps`` None = the module's training K; ``solver`` Euler
-(NFE K) or Heun (NFE 2K − 1); ``paste_back`` False gives the raw sample (the harness composites).
+(NFE K) or Heun (NFE 2K − 1); EDM's churn (``S_churn``, ``S_min``, ``S_max``, ``S_noise``; 0 =
+the deterministic deployment, no extra NFE); ``paste_back`` False gives the raw sample (the
+harness composites).
 """
 
 from __future__ import annotations
@@ -14,13 +16,23 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from aid_jax import sampling
 from aid_jax.aid import control
 from aid_jax.methods import primitives as prim
 from aid_jax.methods.contract import Inpainter, Resources
 
 __all__ = ["OPTIONS", "build", "cost"]
 
-OPTIONS = {"checkpoint": "", "num_steps": None, "solver": "euler", "paste_back": False}
+OPTIONS = {
+    "checkpoint": "",
+    "num_steps": None,
+    "solver": "euler",
+    "S_churn": 0.0,
+    "S_min": 0.0,
+    "S_max": float("inf"),
+    "S_noise": 1.0,
+    "paste_back": False,
+}
 
 
 def _check_checkpoint(checkpoint) -> None:
@@ -42,12 +54,22 @@ def _training_steps(checkpoint):
     return config.num_steps
 
 
-def cost(checkpoint, num_steps, solver, paste_back) -> tuple[int, int]:
+def cost(
+    checkpoint, num_steps, solver, S_churn, S_min, S_max, S_noise, paste_back
+) -> tuple[int, int]:
     _check_checkpoint(checkpoint)
     steps = _training_steps(checkpoint) if num_steps is None else num_steps
     prim.check_int("num_steps", steps, hi=prim.MAX_COUNT)
     if not isinstance(paste_back, bool):
         raise ValueError(f"paste_back must be True or False, got {paste_back!r}")
+    sampling.SamplerConfig(  # the solver's and the churn's rules (ValueError)
+        solver=solver,
+        num_steps=int(steps),
+        S_churn=S_churn,
+        S_min=S_min,
+        S_max=S_max,
+        S_noise=S_noise,
+    )
     return control.controlled_nfe(int(steps), solver), 0
 
 
@@ -84,6 +106,7 @@ def build(options: dict, *, label_dim: int, resources: Resources) -> Inpainter:
         num_steps=options["num_steps"],
         solver=options["solver"],
         paste_back=options["paste_back"],
+        churn=tuple(options[k] for k in ("S_churn", "S_min", "S_max", "S_noise")),
     )
     steps = inpainter.options["num_steps"]
     return dataclasses.replace(inpainter, options={**options, "num_steps": steps})
