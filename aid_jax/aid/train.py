@@ -447,6 +447,16 @@ def validation_set(config, image_shape, specs, label_dim: int = 0):
     return x0, m, labels
 
 
+def step_inputs(mesh, backbone_params, key, x0, mask, labels):
+    """A guidance-module training step's inputs after the state: ``(backbone_params, x0, mask,
+    key)`` with this process's rows split over the mesh, and the one-hot ``labels`` last when
+    the backbone gets classes (AID and DEFT steps take ``labels=None`` otherwise)."""
+    if labels is None:
+        return (backbone_params, *train_loop.global_batch(mesh, x0, mask), key)
+    x0, mask, labels = train_loop.global_batch(mesh, x0, mask, labels)
+    return (backbone_params, x0, mask, key, labels)
+
+
 def training_labels(config, backbone, source):
     """(label_dim the trainer feeds, 0 for none; ``labels_at(ids)`` -> one-hot rows or None):
     the images' classes for a class-conditional backbone unless ``train.use_labels`` says
@@ -498,12 +508,8 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     def inputs_at(step):
         batch_rows = train_loop.host_batch(source, step, rows, config.seed)
         m = train_loop.process_rows(masks_at(specs, rows, shape[:2], int(config.seed), step))
-        arrays = (batch_rows["image"], m)
         labels = labels_at(batch_rows["label"])
-        if labels is None:
-            return (backbone_params, *train_loop.global_batch(mesh, *arrays), train_key)
-        x0, m, labels = train_loop.global_batch(mesh, *arrays, labels)
-        return (backbone_params, x0, m, train_key, labels)
+        return step_inputs(mesh, backbone_params, train_key, batch_rows["image"], m, labels)
 
     # ------------------------------------------------------------------ validation hooks
     validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)

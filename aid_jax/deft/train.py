@@ -29,7 +29,13 @@ import numpy as np
 import optax
 
 from aid_jax import backbones, checkpoint, guidance_module, images, sharding, train_loop
-from aid_jax.aid.train import mask_specs, masks_at, training_labels, validation_set
+from aid_jax.aid.train import (
+    mask_specs,
+    masks_at,
+    step_inputs,
+    training_labels,
+    validation_set,
+)
 from aid_jax.data import sources
 from aid_jax.deft import api, losses, model
 
@@ -230,12 +236,8 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     def inputs_at(step):
         rows = train_loop.host_batch(source, step, batch, config.seed)
         m = train_loop.process_rows(masks_at(specs, batch, shape[:2], int(config.seed), step))
-        arrays = (rows["image"], m)
         labels = labels_at(rows["label"])
-        if labels is None:
-            return (backbone_params, *train_loop.global_batch(mesh, *arrays), train_key)
-        x0, m, labels = train_loop.global_batch(mesh, *arrays, labels)
-        return (backbone_params, x0, m, train_key, labels)
+        return step_inputs(mesh, backbone_params, train_key, rows["image"], m, labels)
 
     validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)
     val_x0, val_mask, val_labels = validation_set(config, shape, specs, label_dim)
