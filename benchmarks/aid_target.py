@@ -15,6 +15,8 @@ in different workdirs must have the same masks, which is checked):
 
     PYTHONPATH=. python benchmarks/aid_target.py runs/headline runs/headline_strokes \
         --json benchmarks/results/aid_target.json > target.md
+
+The jobs of the 2026-12-07 run are committed in benchmarks/results/headline/ (README there).
 """
 
 from __future__ import annotations
