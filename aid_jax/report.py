@@ -164,10 +164,13 @@ def quality_vs_nfe_plot(
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, mask in zip(axes[0], masks, strict=True):
         for j, method in enumerate(methods):
-            pts = sorted(
-                (r["nfe"] + r["nfe_backward"], r["metrics"][metric])
-                for r in rows
-                if r["mask"] == mask and r["method"] == method and metric in r["metrics"]
+            pts = sorted(  # by NFE alone: entries of one family may share an NFE
+                (
+                    (r["nfe"] + r["nfe_backward"], r["metrics"][metric])
+                    for r in rows
+                    if r["mask"] == mask and r["method"] == method and metric in r["metrics"]
+                ),
+                key=lambda p: p[0],
             )
             if not pts:
                 continue

@@ -91,3 +91,9 @@ def test_quality_vs_nfe_plot_writes_png(tmp_path):
     with Image.open(path) as im:
         assert im.format == "PNG"
         assert im.width > 2 * im.height * 0.9  # two panels side by side
+    # Entries of one family at the same NFE (e.g. deployment options of one module) plot too.
+    same = [
+        dict(r, method=f"aid_{i}", family="aid", steps=10, nfe=10, nfe_backward=0)
+        for i, r in enumerate(rows[:3])
+    ]
+    assert report.quality_vs_nfe_plot(same, "psnr_hole", tmp_path / "s.png", title="t").exists()
