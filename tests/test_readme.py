@@ -103,7 +103,7 @@ def test_first_block_is_the_main_job_and_the_ci_command():
         lines[0] == "pip install -e . && python -m aid_jax.main --config=configs/fashion_mnist.py"
     )
     assert lines[1].startswith("pip install -e '.[test]' && ")
-    assert lines[1].endswith("ruff check . && ruff format --check . && python -m pytest -q")
+    assert lines[1].endswith("ruff check . && ruff format --check . && python -m pytest -q -n 2")
     # .ci/run extracts and runs exactly this line.
     extract = re.search(r"^command=\$\((.*)\)$", (ROOT / ".ci/run").read_text(), re.M).group(1)
     got = subprocess.run(
