@@ -61,6 +61,7 @@ __all__ = [
     "integrate",
     "make_sampler",
     "nfe",
+    "check_churn",
     "ode_slope",
     "sample",
     "schedule_aliases",
@@ -294,6 +295,21 @@ def nfe(config: SamplerConfig) -> int:
     """
     n = config.num_steps
     return 2 * n - 1 if config.solver == "heun" else n
+
+
+def check_churn(solver, num_steps, S_churn, S_min, S_max, S_noise) -> tuple:
+    """``(S_churn, S_min, S_max, S_noise)`` as floats once :class:`SamplerConfig` accepts them
+    with ``solver`` and ``num_steps`` (its ValueError otherwise): the one check of every
+    method that exposes EDM's churn."""
+    cfg = SamplerConfig(
+        solver=solver,
+        num_steps=num_steps,
+        S_churn=S_churn,
+        S_min=S_min,
+        S_max=S_max,
+        S_noise=S_noise,
+    )
+    return (float(cfg.S_churn), float(cfg.S_min), float(cfg.S_max), float(cfg.S_noise))
 
 
 @dataclasses.dataclass(frozen=True)

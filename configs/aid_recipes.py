@@ -15,7 +15,8 @@ its start) and the baselines' tuned 10- and 20-NFE settings (configs/tuned_fashi
 
 Variants (the first word; ``+`` adds modifiers, e.g. ``teacher+big+k5``):
     mse         today's objective: Ψ = MSE to x0, uniform β (the mean-seeking baseline recipe)
-    observed    Ψ = observed pixels only, β_k = β/σ_k² (the LQ world's posterior sampler)
+    observed    Ψ = observed pixels only, β_k = β/σ_k² (the LQ world's posterior sampler), the
+                actor's output scaled by σ/σ_data (even conditioning over the steps)
     teacher     warm start at the projection sampler (base="projection", exact DDNM η = 0 steps,
                 running cost on the learned residual only) + Ψ = ‖x − T‖²/d with T = ΠGDM
                 (w = 8, 20 steps, the tuned 20-NFE ΠGDM) from the same X_0; the critic sees T
@@ -58,7 +59,7 @@ def get_config(arg=None):
     config.workdir = f"runs/aid_{(arg or 'teacher').replace('+', '_')}"
     aid, train = config.aid, config.train
     if objective == "observed":
-        aid.update(psi_mse=0.0, psi_observed=1.0, beta_weighting="inv_sigma2")
+        aid.update(psi_mse=0.0, psi_observed=1.0, beta_weighting="inv_sigma2", output_scale="sigma")
     elif objective in ("teacher", "lpips"):
         # The warm start of issue 16, point 2: exact projection steps, residual charged.
         aid.update(base="projection", output="denoiser_step", charge="residual")

@@ -106,6 +106,7 @@ def trainer_defaults(arg=None):
             output="denoiser",  # μ = c(σ)·n: n corrects D (docs/AID_DESIGN.md); "drift": μ = n
             base="none",  # "projection": n is added to m⊙(y − D) (warm start at DDNM, η = 0)
             charge="total",  # "residual": the running cost charges only n, not the base
+            output_scale="none",  # "sigma": n × σ/σ_data (even conditioning with β/σ²)
             # Ψ's teacher and perceptual terms (train.teacher names the teacher):
             # + psi_teacher·‖x − T‖²/d + psi_lpips·LPIPS_hole(x, x0 | T).
             psi_teacher=0.0,

@@ -311,6 +311,12 @@ def test_denoiser_rate_is_the_schedules_log_derivative():
     np.testing.assert_allclose(mu_s, 1.5 * mu_n, rtol=1e-6)  # −(dσ/dr)/σ = 3/2
     with pytest.raises(model.AIDError, match="output"):
         model.AIDConfig(image_shape=(8, 8, 1), output="score")
+    # output_scale='sigma' multiplies the network's output by σ/σ_data before the rate.
+    scaled = model.AIDConfig(image_shape=(8, 8, 1), actor_channels=(4, 4), output_scale="sigma")
+    mu_sc = model.guidance_mean_fn(actor, scaled, x, jnp.ones_like(x))(*args)
+    np.testing.assert_allclose(mu_sc, (2.0 / 0.5) * mu_d, rtol=1e-6)
+    with pytest.raises(model.AIDError, match="output_scale"):
+        model.AIDConfig(image_shape=(8, 8, 1), output_scale="cost")
 
 
 @pytest.mark.parametrize("output", ["denoiser_step", "denoiser", "drift"])

@@ -5,12 +5,12 @@ config mismatch, sharded == single device and no retracing: tests/test_train_loo
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from smoke_configs import run_main
 
 import aid_jax
 from aid_jax import backbones, masks
@@ -188,21 +188,7 @@ def test_export_manifest_and_a_moved_export(full_run, tmp_path, monkeypatch):
 def test_main_job_smoke_writes_the_report(tmp_path):
     """python -m aid_jax.main --config=configs/fashion_mnist.py:smoke: train, evaluate, report."""
     workdir = tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aid_jax.main",
-            "--config=configs/fashion_mnist.py:smoke",
-            f"--workdir={workdir}",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_main("configs/fashion_mnist.py:smoke", workdir, env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
     results = json.loads((workdir / "eval" / "results.json").read_text())
     methods = {r["method"] for r in results["rows"]}
     assert {"aid", "replacement", "ground truth"} <= methods
@@ -222,17 +208,12 @@ def test_full_architecture_configs_smoke(name, tmp_path):
     and one evaluated image, on one CPU device (configs/ffhq.py is the same run with other names
     and dropout: test_ffhq_is_afhq_with_its_own_names)."""
     workdir = tmp_path / name
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "aid_jax.main", f"--config=configs/{name}.py:smoke"]
-        + [f"--workdir={workdir}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    run_main(
+        f"configs/{name}.py:smoke",
+        workdir,
+        env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((workdir / "aid_config.json").read_text())
     assert manifest["aid_config"]["image_shape"] == [64, 64, 3]
     assert manifest["backbone"]["random"]["init_kwargs"]["model_channels"] == 128

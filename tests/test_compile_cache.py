@@ -6,15 +6,13 @@ produces the same samples; ``off`` and an unwritable folder leave the cache off 
 a warning instead of failing the run). The time saved is a benchmark (docs/BENCHMARKS.md).
 """
 
-import os
 import pathlib
-import subprocess
-import sys
 import warnings
 
 import jax
 import numpy as np
 import pytest
+from smoke_configs import run_main
 
 from aid_jax import compile_cache
 
@@ -22,18 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _sample_run(workdir: pathlib.Path, cache: str) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    env[compile_cache.ENV] = cache
-    done = subprocess.run(
-        [sys.executable, "-m", "aid_jax.main", "--config=configs/sample.py:smoke"]
-        + [f"--workdir={workdir}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_main("configs/sample.py:smoke", workdir, env={compile_cache.ENV: cache})
 
 
 def _entries(folder: pathlib.Path) -> dict[str, int]:

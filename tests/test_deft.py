@@ -6,16 +6,15 @@ load/export, the registered method (costs, per-row keys, labels, bad inputs befo
 the Gaussian world's training moving toward the optimum, and the main job's smoke run."""
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from smoke_configs import run_main
 
 from aid_jax import backbones, masks, methods, sampling, sharding, train_loop
 from aid_jax.deft import api, losses, model, networks, train
@@ -602,20 +601,8 @@ def test_gaussian_training_closes_the_gap_and_moves_w2(world):
 def test_main_smoke_trains_and_evaluates(tmp_path):
     """python -m aid_jax.main --config=configs/deft_fashion_mnist.py:smoke: train, evaluate."""
     workdir = tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aid_jax.main",
-            "--config=configs/deft_fashion_mnist.py:smoke",
-            f"--workdir={workdir}",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
+    run_main(
+        "configs/deft_fashion_mnist.py:smoke", workdir, env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     )
     rows = json.loads((workdir / "eval" / "results.json").read_text())["rows"]
     deft_rows = [r for r in rows if r["method"] == "deft"]

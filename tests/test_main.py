@@ -2,11 +2,11 @@
 
 import json
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 from PIL import Image
+from smoke_configs import run_main
 
 from aid_jax import generate
 
@@ -40,16 +40,8 @@ def test_sample_mode_writes_grid_and_is_reproducible(tmp_path):
 
 
 def test_cli(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "aid_jax.main",
-        f"--config={ROOT / 'configs' / 'sample.py'}:smoke",
-        f"--workdir={tmp_path}",
-        "--config.sampler.solver=euler",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
+    config = f"{ROOT / 'configs' / 'sample.py'}:smoke"
+    run_main(config, tmp_path, "--config.sampler.solver=euler")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["nfe"] == 4  # Euler: one evaluation per step
     assert (tmp_path / "samples.png").exists()

@@ -55,6 +55,7 @@ BETA_WEIGHTINGS = ("uniform", "inv_sigma2")
 OUTPUTS = ("denoiser", "denoiser_step", "drift")
 BASES = ("none", "projection")
 CHARGES = ("total", "residual")
+OUTPUT_SCALES = ("none", "sigma")
 LPIPS_TARGETS = ("x0", "teacher")
 
 
@@ -104,6 +105,13 @@ class AIDConfig:
             corrected by the measurement projection b = m⊙(y − D), i.e. μ = c(σ)·(b + n)
             (``'drift'``: μ = c(σ)·b + n), so training starts at the deterministic
             projection sampler (DDNM with η = 0) and the module learns what it misses.
+        output_scale: ``'none'`` (default): the network's output n is used as it is.
+            ``'sigma'``: n is multiplied by σ/σ_data first, so a unit of output moves the final
+            image by about the same amount at every noise level (the probability-flow map
+            contracts a change of x at σ by ~σ_data/σ) and, with ``beta_weighting='inv_sigma2'``,
+            costs about the same at every step (the LQ actor's output in units of the policy
+            std, docs/AID_DESIGN.md): without it the last steps' β_k = β/σ_k², 10⁶ times the
+            first's, swamp the actor's gradient.
         charge: What the running cost charges (docs/AID_DESIGN.md, "Warm start"). ``'total'``
             (default): the whole action, (β/2)‖A‖²/d (AID.md §2). ``'residual'``: only the
             learned part, (β/2)‖A − μ_ref‖²/d with μ_ref the ``base`` drift — the base is a
@@ -140,6 +148,7 @@ class AIDConfig:
     output: str = "denoiser"
     base: str = "none"
     charge: str = "total"
+    output_scale: str = "none"
     psi_teacher: float = 0.0
     psi_lpips: float = 0.0
     lpips_target: str = "x0"
@@ -161,6 +170,10 @@ class AIDConfig:
             raise AIDError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.base not in BASES:
             raise AIDError(f"base must be one of {BASES}, got {self.base!r}")
+        if self.output_scale not in OUTPUT_SCALES:
+            raise AIDError(
+                f"output_scale must be one of {OUTPUT_SCALES}, got {self.output_scale!r}"
+            )
         if self.hole_weight < 0:
             raise AIDError(f"hole_weight must be >= 0, got {self.hole_weight}")
         weights = dict(
@@ -344,6 +357,8 @@ def guidance_mean_fn(actor_params, config: AIDConfig, y, mask) -> control.Guidan
         inputs = networks.actor_inputs(x, denoised, y, mask, sigma, config.sigma_data)
         sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
         out = net.apply({"params": actor_params}, inputs, sigma_b)
+        if config.output_scale == "sigma":
+            out = out * (jnp.asarray(sigma, jnp.float32) / config.sigma_data).astype(out.dtype)
         if config.output == "denoiser_step":
             rate = step_rate(sigma, ds_dr)
         else:
@@ -521,20 +536,11 @@ def inpaint(
 
 
 def check_churn(solver, num_steps, S_churn, S_min, S_max, S_noise) -> tuple:
-    """``(S_churn, S_min, S_max, S_noise)`` as floats under ``sampling.SamplerConfig``'s rules
-    (AIDError otherwise)."""
+    """``sampling.check_churn`` with its errors as AIDError."""
     try:
-        cfg = sampling.SamplerConfig(
-            solver=solver,
-            num_steps=num_steps,
-            S_churn=S_churn,
-            S_min=S_min,
-            S_max=S_max,
-            S_noise=S_noise,
-        )
+        return sampling.check_churn(solver, num_steps, S_churn, S_min, S_max, S_noise)
     except (TypeError, ValueError) as e:
         raise AIDError(str(e)) from e
-    return (float(cfg.S_churn), float(cfg.S_min), float(cfg.S_max), float(cfg.S_noise))
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "num_steps", "paste_back", "churn"))
@@ -569,7 +575,7 @@ def _sample(
         x_init,
         params.config.sigmas(num_steps),
         solver=solver,
-        key=jax.random.fold_in(key, 1),
+        key=jax.random.fold_in(key, 1) if churn[0] > 0 else None,  # no churn, no noise
         churn=churn,
     )
     sample = out.x

@@ -325,7 +325,8 @@ def deployment_sigmas(config: DEFTConfig, num_steps: int, grid: str = "edm") -> 
 # The sampler (generic in the denoiser) and its cost
 
 
-def _check_sampler(solver, num_steps, grid, S_churn, S_min, S_max, S_noise) -> None:
+def _check_sampler(solver, num_steps, grid, S_churn, S_min, S_max, S_noise) -> tuple:
+    """The churn options as floats (``sampling.check_churn``); DEFTError on any bad option."""
     if solver not in sampling.SOLVERS:
         raise DEFTError(f"solver must be one of {sampling.SOLVERS}, got {solver!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
@@ -335,15 +336,8 @@ def _check_sampler(solver, num_steps, grid, S_churn, S_min, S_max, S_noise) -> N
     if grid not in GRIDS:
         raise DEFTError(f"grid must be one of {GRIDS}, got {grid!r}")
     try:  # the churn options' rules are SamplerConfig's
-        sampling.SamplerConfig(
-            solver=solver,
-            num_steps=int(num_steps),
-            S_churn=S_churn,
-            S_min=S_min,
-            S_max=S_max,
-            S_noise=S_noise,
-        )
-    except ValueError as e:
+        return sampling.check_churn(solver, int(num_steps), S_churn, S_min, S_max, S_noise)
+    except (TypeError, ValueError) as e:
         raise DEFTError(str(e)) from e
 
 
@@ -379,7 +373,9 @@ def sample(
     world's exact denoiser). Returns the raw sample (no paste-back) and the NFE.
     """
     steps = int(config.num_steps if num_steps is None else num_steps)
-    _check_sampler(solver, steps, grid, S_churn, S_min, S_max, S_noise)
+    S_churn, S_min, S_max, S_noise = _check_sampler(
+        solver, steps, grid, S_churn, S_min, S_max, S_noise
+    )
     y = jnp.asarray(y, jnp.float32)
     mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), y.shape[:3] + (1,))
     y = jnp.where(mask > 0.5, y, 0.0)  # the hole is never read
@@ -393,10 +389,10 @@ def sample(
         sigmas,
         k_steps,
         solver=solver,
-        S_churn=float(S_churn),
-        S_min=float(S_min),
-        S_max=float(S_max),
-        S_noise=float(S_noise),
+        S_churn=S_churn,
+        S_min=S_min,
+        S_max=S_max,
+        S_noise=S_noise,
     )
     return InpaintResult(x=x, nfe=sample_nfe(steps, solver), nfe_backward=0)
 
@@ -499,7 +495,7 @@ def inpaint(
     """
     validate_params(params)
     steps = params.config.num_steps if num_steps is None else num_steps
-    _check_sampler(solver, steps, grid, S_churn, S_min, S_max, S_noise)
+    churn = _check_sampler(solver, steps, grid, S_churn, S_min, S_max, S_noise)
     if not isinstance(paste_back, bool):
         raise DEFTError(f"paste_back must be True or False, got {paste_back!r}")
     validate_inputs(x, mask, params.config.image_shape, host_only=False, error=DEFTError, name="x")
@@ -520,7 +516,7 @@ def inpaint(
         num_steps=int(steps),
         solver=solver,
         grid=grid,
-        churn=(float(S_churn), float(S_min), float(S_max), float(S_noise)),
+        churn=churn,
         paste_back=paste_back,
     )
 

@@ -62,14 +62,8 @@ def cost(
     prim.check_int("num_steps", steps, hi=prim.MAX_COUNT)
     if not isinstance(paste_back, bool):
         raise ValueError(f"paste_back must be True or False, got {paste_back!r}")
-    sampling.SamplerConfig(  # the solver's and the churn's rules (ValueError)
-        solver=solver,
-        num_steps=int(steps),
-        S_churn=S_churn,
-        S_min=S_min,
-        S_max=S_max,
-        S_noise=S_noise,
-    )
+    # The solver's and the churn's rules (ValueError).
+    sampling.check_churn(solver, int(steps), S_churn, S_min, S_max, S_noise)
     return control.controlled_nfe(int(steps), solver), 0
 
 

@@ -66,15 +66,8 @@ def cost(checkpoint, num_steps, solver, grid, S_churn, S_min, S_max, S_noise, pa
         raise ValueError(f"grid 'vp_ddim' has at most 1000 steps, got {num_steps}")
     if not isinstance(paste_back, bool):
         raise ValueError(f"paste_back must be True or False, got {paste_back!r}")
-    cfg = sampling.SamplerConfig(  # the solver's and the churn's rules
-        solver=solver,
-        num_steps=int(num_steps),
-        S_churn=S_churn,
-        S_min=S_min,
-        S_max=S_max,
-        S_noise=S_noise,
-    )
-    return sampling.nfe(cfg), 0
+    sampling.check_churn(solver, int(num_steps), S_churn, S_min, S_max, S_noise)
+    return sampling.nfe(sampling.SamplerConfig(solver=solver, num_steps=int(num_steps))), 0
 
 
 def _load(checkpoint, resources: Resources):
