@@ -27,6 +27,9 @@ In a multi-process run every process runs the same program on its own rows of ea
 Orbax's checkpoints are collective, and everything else that writes to the workdir (lock,
 config.json, parameters.txt, metrics, grids, manifests, ``best/``) is done by process 0 only
 (:func:`is_main_process`). The workdir must be one shared folder (the same path on every host).
+Only the training modes run in several processes: ``evaluate``, ``tune``, ``sample`` and
+``export`` refuse (``aid_jax.main.SINGLE_PROCESS_MODES``), and the train-then-evaluate modes
+``aid`` / ``deft`` evaluate on process 0 alone, on its own devices.
 """
 
 from __future__ import annotations

@@ -480,7 +480,8 @@ def _setup(config, workdir: pathlib.Path, todo) -> _Setup:
     references = {
         t: _reference_features(net, ref_source, config, cache, t) for t, net in feature_nets
     }
-    mesh = sharding.make_mesh()
+    # This process's devices: an evaluation runs in one process (process 0 of a training run).
+    mesh = sharding.make_mesh(jax.local_devices())
     vae_sha256 = "" if space is None else _tree_sha256(space.params)
     if space is not None:
         space = dataclasses.replace(space, params=sharding.replicate(space.params, mesh))

@@ -54,11 +54,13 @@ def _tune(config, workdir: str) -> None:
 
 
 def _aid(config, workdir: str) -> None:
-    """AID: train, then evaluate the module against the baselines into <workdir>/eval."""
-    from aid_jax import evaluate
+    """AID: train, then evaluate the module against the baselines into <workdir>/eval (the
+    evaluation by process 0 alone in a multi-process run)."""
+    from aid_jax import distributed, evaluate
 
     _train_aid(config, workdir)
-    evaluate.run(evaluate.evaluation_config(config, workdir), f"{workdir}/eval")
+    if distributed.is_main_process():
+        evaluate.run(evaluate.evaluation_config(config, workdir), f"{workdir}/eval")
 
 
 def _train_deft(config, workdir: str) -> None:
@@ -69,12 +71,14 @@ def _train_deft(config, workdir: str) -> None:
 
 
 def _deft(config, workdir: str) -> None:
-    """DEFT: train, then evaluate the h-network against the baselines into <workdir>/eval."""
-    from aid_jax import evaluate
+    """DEFT: train, then evaluate the h-network against the baselines into <workdir>/eval (by
+    process 0 alone in a multi-process run)."""
+    from aid_jax import distributed, evaluate
     from aid_jax.deft import train as deft_train
 
     _train_deft(config, workdir)
-    evaluate.run(deft_train.evaluation_config(config, workdir), f"{workdir}/eval")
+    if distributed.is_main_process():
+        evaluate.run(deft_train.evaluation_config(config, workdir), f"{workdir}/eval")
 
 
 RUNNERS = {
@@ -92,12 +96,27 @@ MODES = tuple(RUNNERS)
 # Modes that train in the workdir: it is checked (writable) and locked (one writer,
 # train_loop.workdir_lock) before their set-up (backbone, data) starts.
 TRAINING_MODES = ("pretrain", "train_aid", "aid", "train_deft", "deft")
+# Modes that run in one process only: their work is per image or per file, written as it goes,
+# with nothing to share out (the training modes split each batch over the processes; "aid" and
+# "deft" then evaluate on process 0 alone, on its own devices).
+SINGLE_PROCESS_MODES = ("sample", "export", "evaluate", "tune")
 
 
 def run_mode(config, workdir: str) -> None:
     """Run ``config.mode`` in ``workdir`` (a training mode holds the workdir's lock)."""
     if config.mode not in RUNNERS:
         raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
+    if config.mode in SINGLE_PROCESS_MODES:
+        import jax
+
+        if jax.process_count() > 1:
+            raise app.UsageError(
+                f"config.mode={config.mode!r} runs in one process, and this run has "
+                f"{jax.process_count()}: start it without the distributed runtime (unset "
+                "AID_JAX_DISTRIBUTED / AID_JAX_COORDINATOR / AID_JAX_NUM_PROCESSES / "
+                "AID_JAX_PROCESS_ID, config.distributed.enabled=False); multi-process runs are "
+                f"for the training modes {TRAINING_MODES}"
+            )
     if config.mode not in TRAINING_MODES:
         RUNNERS[config.mode](config, workdir)
         return

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from aid_jax import checkpoint, images, losses, sampling, sharding, train_loop
+from aid_jax import checkpoint, distributed, images, losses, sampling, sharding, train_loop
 from aid_jax.backbones import edm, loader
 from aid_jax.data import sources
 
@@ -180,7 +181,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         trainer = make_trainer(config, sharding.make_mesh())
         # Resume order: this workdir's newest checkpoint > train.resume_from (a saved step
         # folder, e.g. the training state shipped next to the exported backbone) > from scratch.
-        _seed_workdir(pathlib.Path(workdir), config.train.get("resume_from", ""))
+        if distributed.is_main_process():  # one writer; the others wait for the copy
+            _seed_workdir(pathlib.Path(workdir), config.train.get("resume_from", ""))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("aid_jax.pretrain: workdir seeded")
         return train_loop.run(trainer, workdir)
 
 

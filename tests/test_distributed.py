@@ -403,5 +403,62 @@ def test_main_initialises_before_the_mode_runs(monkeypatch):
     assert calls == [("init", config), ("run", config, "w")]
 
 
+@pytest.mark.parametrize("mode", ["evaluate", "tune", "sample", "export"])
+def test_single_process_modes_refuse_a_multi_process_run(monkeypatch, tmp_path, mode):
+    """Modes that write per image or per file run in one process; in a multi-process run they
+    say how to run them instead of every process writing the same files."""
+    from absl import app
+
+    from aid_jax import main
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    ran = []
+    monkeypatch.setitem(main.RUNNERS, mode, lambda c, w: ran.append(mode))
+    with pytest.raises(app.UsageError, match="runs in one process.*unset AID_JAX_DISTRIBUTED"):
+        main.run_mode(ml_collections.ConfigDict(dict(mode=mode)), str(tmp_path))
+    assert not ran
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    main.run_mode(ml_collections.ConfigDict(dict(mode=mode)), str(tmp_path))
+    assert ran == [mode]
+
+
+@pytest.mark.parametrize("mode", ["aid", "deft"])
+def test_train_then_evaluate_evaluates_on_process_0_only(monkeypatch, mode):
+    """ "aid" / "deft": every process trains (collective); only process 0 evaluates and writes
+    the report."""
+    from aid_jax import evaluate, main
+    from aid_jax.deft import train as deft_train
+
+    calls = []
+    monkeypatch.setattr(main, f"_train_{mode}", lambda c, w: calls.append("train"))
+    for module in (evaluate, deft_train):
+        monkeypatch.setattr(module, "evaluation_config", lambda c, w: "eval-config")
+    monkeypatch.setattr(evaluate, "run", lambda c, w: calls.append(("evaluate", c, w)))
+    runner = main.RUNNERS[mode]
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    runner(None, "w")
+    assert calls == ["train"]
+    monkeypatch.setattr(distributed, "is_main_process", lambda: True)
+    runner(None, "w")
+    assert calls == ["train", "train", ("evaluate", "eval-config", "w/eval")]
+
+
+def test_pretrain_seeds_the_workdir_from_process_0_only(monkeypatch, tmp_path):
+    """train.resume_from is copied into the shared workdir once, by process 0."""
+    from aid_jax import pretrain, train_loop
+
+    seeded = []
+    monkeypatch.setattr(pretrain, "make_trainer", lambda config, mesh: "trainer")
+    monkeypatch.setattr(pretrain, "_seed_workdir", lambda w, src: seeded.append(src))
+    monkeypatch.setattr(train_loop, "run", lambda trainer, workdir: trainer)
+    config = ml_collections.ConfigDict(dict(train=dict(resume_from="somewhere")))
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    assert pretrain.train_and_evaluate(config, str(tmp_path)) == "trainer"
+    assert seeded == []
+    monkeypatch.setattr(distributed, "is_main_process", lambda: True)
+    pretrain.train_and_evaluate(config, str(tmp_path))
+    assert seeded == ["somewhere"]
+
+
 if __name__ == "__main__":
     _child(*sys.argv[1:])
