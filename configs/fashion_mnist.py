@@ -107,6 +107,7 @@ def trainer_defaults(arg=None):
             base="none",  # "projection": n is added to m⊙(y − D) (warm start at DDNM, η = 0)
             charge="total",  # "residual": the running cost charges only n, not the base
             output_scale="none",  # "sigma": n × σ/σ_data (even conditioning with β/σ²)
+            control_sigma_min=0.0,  # the learned guidance acts only at σ ≥ this
             # Ψ's teacher and perceptual terms (train.teacher names the teacher):
             # + psi_teacher·‖x − T‖²/d + psi_lpips·LPIPS_hole(x, x0 | T).
             psi_teacher=0.0,

@@ -317,6 +317,15 @@ def test_denoiser_rate_is_the_schedules_log_derivative():
     np.testing.assert_allclose(mu_sc, (2.0 / 0.5) * mu_d, rtol=1e-6)
     with pytest.raises(model.AIDError, match="output_scale"):
         model.AIDConfig(image_shape=(8, 8, 1), output_scale="cost")
+    # control_sigma_min gates the network's output by σ.
+    gated = model.AIDConfig(image_shape=(8, 8, 1), actor_channels=(4, 4), control_sigma_min=2.5)
+    mu_off = model.guidance_mean_fn(actor, gated, x, jnp.ones_like(x))(*args)  # σ = 2 < 2.5
+    assert float(jnp.abs(mu_off).max()) == 0.0
+    mu_on = model.guidance_mean_fn(actor, gated, x, jnp.ones_like(x))(0, 0.0, 3.0, x, x, -3.0)
+    ungated = model.guidance_mean_fn(actor, cfg, x, jnp.ones_like(x))(0, 0.0, 3.0, x, x, -3.0)
+    np.testing.assert_allclose(mu_on, ungated, rtol=1e-6)
+    with pytest.raises(model.AIDError, match="control_sigma_min"):
+        model.AIDConfig(image_shape=(8, 8, 1), control_sigma_min=-1.0)
 
 
 @pytest.mark.parametrize("output", ["denoiser_step", "denoiser", "drift"])

@@ -112,6 +112,11 @@ class AIDConfig:
             costs about the same at every step (the LQ actor's output in units of the policy
             std, docs/AID_DESIGN.md): without it the last steps' β_k = β/σ_k², 10⁶ times the
             first's, swamp the actor's gradient.
+        control_sigma_min: The learned guidance acts only at σ ≥ this (0, the default: at every
+            step); below it the network's output is zeroed (a ``base`` still acts). The LQ
+            world's observed-pixel objective with β/σ² gets closest to the posterior with
+            control only at σ ≥ 5 (docs/AID_DESIGN.md), which also stops an optimiser from
+            fixing the observed pixels at the last, cheapest steps.
         charge: What the running cost charges (docs/AID_DESIGN.md, "Warm start"). ``'total'``
             (default): the whole action, (β/2)‖A‖²/d (AID.md §2). ``'residual'``: only the
             learned part, (β/2)‖A − μ_ref‖²/d with μ_ref the ``base`` drift — the base is a
@@ -149,6 +154,7 @@ class AIDConfig:
     base: str = "none"
     charge: str = "total"
     output_scale: str = "none"
+    control_sigma_min: float = 0.0
     psi_teacher: float = 0.0
     psi_lpips: float = 0.0
     lpips_target: str = "x0"
@@ -174,6 +180,8 @@ class AIDConfig:
             raise AIDError(
                 f"output_scale must be one of {OUTPUT_SCALES}, got {self.output_scale!r}"
             )
+        if not self.control_sigma_min >= 0:
+            raise AIDError(f"control_sigma_min must be >= 0, got {self.control_sigma_min}")
         if self.hole_weight < 0:
             raise AIDError(f"hole_weight must be >= 0, got {self.hole_weight}")
         weights = dict(
@@ -359,6 +367,8 @@ def guidance_mean_fn(actor_params, config: AIDConfig, y, mask) -> control.Guidan
         out = net.apply({"params": actor_params}, inputs, sigma_b)
         if config.output_scale == "sigma":
             out = out * (jnp.asarray(sigma, jnp.float32) / config.sigma_data).astype(out.dtype)
+        if config.control_sigma_min > 0:
+            out = jnp.where(jnp.asarray(sigma) >= config.control_sigma_min, out, 0.0)
         if config.output == "denoiser_step":
             rate = step_rate(sigma, ds_dr)
         else:
