@@ -143,12 +143,19 @@ def test_posterior_monte_carlo(world):
     xs = world.sample(rng, 20_000)
     c0, cov = world.posterior(m * xs[0], m)
     resid = []
-    for x in xs[:20_000:4]:
+    for x in xs:
         c, _ = world.posterior(m * x, m)
         resid.append(x.reshape(-1)[hole] - c[hole])
     resid = np.asarray(resid)
-    np.testing.assert_allclose(resid.mean(0), 0.0, atol=0.01)
-    np.testing.assert_allclose(np.cov(resid, rowvar=False), cov[np.ix_(hole, hole)], atol=4e-3)
+    want = cov[np.ix_(hole, hole)]
+    # Tolerances of 5 standard errors of a Gaussian sample's mean and covariance (n = 20,000):
+    # a fixed 4e-3 at n = 5,000 was ~1 standard error and failed on CPUs whose eigensolver picks
+    # other eigenvectors of the covariance's repeated eigenvalues (other samples, same law).
+    n = len(resid)
+    d = np.diag(want)
+    np.testing.assert_array_less(np.abs(resid.mean(0)), 5 * np.sqrt(d / n))
+    se_cov = np.sqrt((np.outer(d, d) + want**2) / n)
+    np.testing.assert_array_less(np.abs(np.cov(resid, rowvar=False) - want), 5 * se_cov)
 
 
 def test_posterior_ignores_hole_values_and_handles_edge_masks(world):
