@@ -145,12 +145,12 @@ AMORTIZED = {  # family -> (registered method, shipped module)
     "deft": ("deft", "ported_weights/deft_fashion_mnist"),
     "deft_small": ("deft", "ported_weights/deft_fashion_mnist_small"),
 }
-AMORTIZED_STEPS = (10, 20)
+AMORTIZED_STEPS = (5, 10, 20, 50)  # issue 15: DEFT (and AID) at NFE 5, 10, 20, 50
 
 
 def _tuned(config) -> None:
     """Entries ``<method>_nfe<B>`` from configs/tuned_fashion_mnist.py and the shipped AID and
-    DEFT modules at 10 and 20 steps; N = 1,000 per mask."""
+    DEFT modules at 5, 10, 20 and 50 steps; N = 1,000 per mask."""
     try:
         from configs import tuned_fashion_mnist
     except ImportError as e:
