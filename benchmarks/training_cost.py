@@ -124,8 +124,10 @@ def main() -> None:
                 total_backward=trained * per_step["backward"],
             )
         )
-    print("| recipe | batch | backbone fwd / bwd per step | steps/s | shipped steps | "
-          "training wall time | backbone fwd / bwd in all |")
+    print(
+        "| recipe | batch | backbone fwd / bwd per step | steps/s | shipped steps | "
+        "training wall time | backbone fwd / bwd in all |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
