@@ -33,6 +33,7 @@ from aid_jax import report
 AMORTIZED = ("aid", "deft", "deft_small")
 CHEAP_NFE = 20  # forward + backward passes
 METRIC = "lpips_hole"
+MASK_ORDER = ("center_box", "half", "strokes", "random_boxes", "pixel_dropout")
 
 
 def load_jobs(workdirs) -> dict:
@@ -121,7 +122,7 @@ def verdict(result: dict) -> dict:
     return out
 
 
-def markdown(result: dict, title: str) -> str:
+def markdown(result: dict, title: str, who: str = "AID") -> str:
     lines = [f"### {title}", ""]
     for mask, r in result.items():
         a = r["aid"]
@@ -129,7 +130,7 @@ def markdown(result: dict, title: str) -> str:
             f"**{mask}** — {a['entry']} ({a['nfe']} NFE): LPIPS-hole {a['lpips']:.4f}, "
             f"FID_LeNet {a['fid']:.2f}, N = {a['n']}",
             "",
-            "| entry | NFE (fwd+bwd) | LPIPS-hole | Δ AID − entry [95 % CI] | FID_LeNet |",
+            f"| entry | NFE (fwd+bwd) | LPIPS-hole | Δ {who} − entry [95 % CI] | FID_LeNet |",
             "|---|---:|---:|---:|---:|",
         ]
         for x in sorted(r["rows"], key=lambda x: (x["nfe"], x["entry"])):
