@@ -63,3 +63,41 @@ def test_jobs_of_one_mask_with_other_masks_are_refused(tmp_path):
         _job(w, "half", "aid_nfe10" if w == a else "ddnm_nfe10", "x", 10, 0, values, 1.0)
     with pytest.raises(ValueError, match="unpaired"):
         aid_target.load_jobs([a, b])
+
+
+def test_deft_headline_sweep_and_pairing(tmp_path):
+    """benchmarks/deft_headline.py: the amortized entries' NFE sweep per mask, DEFT@10 paired
+    against the rest, and the diversity table from a results.json."""
+    from benchmarks import deft_headline
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.3, N)
+    _masks(tmp_path, "center_box")
+    _job(tmp_path, "center_box", "deft_nfe10", "deft", 10, 0, base, 7.0)
+    _job(tmp_path, "center_box", "deft_nfe50", "deft", 50, 0, base - 0.01, 5.0)
+    _job(tmp_path, "center_box", "deft_small_nfe10", "deft_small", 10, 0, base + 0.02, 9.0)
+    _job(tmp_path, "center_box", "aid_nfe10", "aid", 10, 0, base - 0.03, 12.0)
+    _job(tmp_path, "center_box", "ddnm_nfe20", "ddnm", 20, 0, base + 0.04, 13.0)
+    jobs = aid_target.load_jobs([tmp_path])
+    table = deft_headline.sweep(jobs)
+    assert set(table) == {"deft", "deft_small", "aid"} and set(table["deft"]) == {10, 50}
+    assert table["deft"][50]["center_box"] == (pytest.approx(base.mean() - 0.01), 5.0)
+    assert "| deft | 50 | 0.1" in deft_headline.sweep_markdown(table, ["center_box"])
+    rows = {x["entry"]: x for x in aid_target.compare(jobs, "deft_nfe10")["center_box"]["rows"]}
+    assert rows["aid_nfe10"]["delta"]["mean"] == pytest.approx(0.03)
+    assert rows["ddnm_nfe20"]["delta"]["hi"] < 0
+    results = tmp_path / "results.json"
+    d = dict(mean=0.2, lo=0.19, hi=0.21)
+    results.write_text(
+        json.dumps(
+            dict(
+                rows=[
+                    dict(mask="half", method="deft_nfe10", metrics=dict(diversity=d)),
+                    dict(mask="half", method="ground truth", metrics=dict(fid_lenet={})),
+                ]
+            )
+        )
+    )
+    div = deft_headline.diversity(str(results))
+    assert div == {"half": {"deft_nfe10": d}}
+    assert "0.200 [0.190, 0.210]" in deft_headline.diversity_markdown(div)
