@@ -33,6 +33,20 @@ def _export(config, workdir: str) -> None:
     print(f"exported the EMA weights of {workdir} to {out}")
 
 
+def _train_vae(config, workdir: str) -> None:
+    """A VAE of the AutoencoderKL family (resuming if the workdir has a checkpoint)."""
+    from aid_jax import vae_train
+
+    vae_train.train(config, workdir)
+
+
+def _export_vae(config, workdir: str) -> None:
+    from aid_jax import vae_train
+
+    out = vae_train.export_vae(config, workdir, config.export.out)
+    print(f"exported the EMA weights of {workdir} to {out}")
+
+
 def _evaluate(config, workdir: str) -> None:
     from aid_jax import evaluate
 
@@ -85,6 +99,8 @@ RUNNERS = {
     "sample": _sample,
     "pretrain": _pretrain,
     "export": _export,
+    "train_vae": _train_vae,
+    "export_vae": _export_vae,
     "evaluate": _evaluate,
     "tune": _tune,
     "train_aid": _train_aid,
@@ -95,11 +111,11 @@ RUNNERS = {
 MODES = tuple(RUNNERS)
 # Modes that train in the workdir: it is checked (writable) and locked (one writer,
 # train_loop.workdir_lock) before their set-up (backbone, data) starts.
-TRAINING_MODES = ("pretrain", "train_aid", "aid", "train_deft", "deft")
+TRAINING_MODES = ("pretrain", "train_vae", "train_aid", "aid", "train_deft", "deft")
 # Modes that run in one process only: their work is per image or per file, written as it goes,
 # with nothing to share out (the training modes split each batch over the processes; "aid" and
 # "deft" then evaluate on process 0 alone, on its own devices).
-SINGLE_PROCESS_MODES = ("sample", "export", "evaluate", "tune")
+SINGLE_PROCESS_MODES = ("sample", "export", "export_vae", "evaluate", "tune")
 
 
 def run_mode(config, workdir: str) -> None:
