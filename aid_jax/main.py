@@ -47,6 +47,20 @@ def _export_vae(config, workdir: str) -> None:
     print(f"exported the EMA weights of {workdir} to {out}")
 
 
+def _train_edm2(config, workdir: str) -> None:
+    """EDM2 in a VAE's latent space (resuming if the workdir has a checkpoint)."""
+    from aid_jax import edm2_train
+
+    edm2_train.train(config, workdir)
+
+
+def _export_edm2(config, workdir: str) -> None:
+    from aid_jax import edm2_train
+
+    out = edm2_train.export_backbone(config, workdir, config.export.out)
+    print(f"exported the EMA weights of {workdir} to {out}")
+
+
 def _evaluate(config, workdir: str) -> None:
     from aid_jax import evaluate
 
@@ -101,6 +115,8 @@ RUNNERS = {
     "export": _export,
     "train_vae": _train_vae,
     "export_vae": _export_vae,
+    "train_edm2": _train_edm2,
+    "export_edm2": _export_edm2,
     "evaluate": _evaluate,
     "tune": _tune,
     "train_aid": _train_aid,
@@ -111,11 +127,11 @@ RUNNERS = {
 MODES = tuple(RUNNERS)
 # Modes that train in the workdir: it is checked (writable) and locked (one writer,
 # train_loop.workdir_lock) before their set-up (backbone, data) starts.
-TRAINING_MODES = ("pretrain", "train_vae", "train_aid", "aid", "train_deft", "deft")
+TRAINING_MODES = ("pretrain", "train_vae", "train_edm2", "train_aid", "aid", "train_deft", "deft")
 # Modes that run in one process only: their work is per image or per file, written as it goes,
 # with nothing to share out (the training modes split each batch over the processes; "aid" and
 # "deft" then evaluate on process 0 alone, on its own devices).
-SINGLE_PROCESS_MODES = ("sample", "export", "export_vae", "evaluate", "tune")
+SINGLE_PROCESS_MODES = ("sample", "export", "export_vae", "export_edm2", "evaluate", "tune")
 
 
 def run_mode(config, workdir: str) -> None:
