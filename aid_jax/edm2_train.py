@@ -28,7 +28,6 @@ around the step (replication, jit with donation, resume, the loop, NaN guard, ch
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import pathlib
 
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aid_jax import checkpoint, images, sampling, train_loop
+from aid_jax import images, sampling, train_loop
 from aid_jax.backbones import edm2, loader, sd_vae, vae_loader
 from aid_jax.data import sources
 from aid_jax.pretrain import ema_beta
@@ -253,16 +252,9 @@ def export_backbone(config, workdir: str, out: str, *, quality: dict | None = No
     with ``load_backbone``), with the VAE it was trained on recorded in the manifest."""
     cfg = network_config(config)
     tx = make_optimizer(config)
-    like = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-        init_state(config, cfg, tx, jax.random.key(0)),
+    step, state = train_loop.newest_checkpoint(
+        workdir, init_state(config, cfg, tx, jax.random.key(0))
     )
-    manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
-    restored = checkpoint.restore_latest(manager, like)
-    manager.close()
-    if restored is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to export; train first")
-    step, state, _ = restored
     params = jax.tree.map(np.asarray, bake(force_normalize(state["ema"])))
     vae = vae_loader.load_vae(config.vae.path)
     manifest = dict(
@@ -279,12 +271,7 @@ def export_backbone(config, workdir: str, out: str, *, quality: dict | None = No
             vae_params_sha256=vae.manifest.get("params_sha256"),
             latent_scaling=vae.scaling.to_json(),
         ),
-        training=dict(
-            steps=int(step),
-            images_seen=int(step) * int(config.train.batch_size),
-            config=json.loads(config.to_json_best_effort()),
-            data=dict(config.data.to_dict()),
-        ),
+        training=train_loop.training_record(config, step),
         quality=quality or {},
         exported=datetime.datetime.now().isoformat(timespec="seconds"),
     )

@@ -13,7 +13,6 @@ from its last checkpoint and continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 
@@ -216,16 +215,9 @@ def export_backbone(config, workdir: str, out: str, *, quality: dict | None = No
     net = backbone_config(config)
     tx = make_optimizer(config)
     # The initialisation runs in NumPy (not traceable), so build the target concretely once.
-    state = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-        init_state(config, net, tx, jax.random.key(0)),
+    step, state = train_loop.newest_checkpoint(
+        workdir, init_state(config, net, tx, jax.random.key(0))
     )
-    manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
-    restored = checkpoint.restore_latest(manager, state)
-    manager.close()
-    if restored is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to export; train first")
-    step, state, _ = restored
     params = jax.tree.map(np.asarray, state["ema"])
     manifest = dict(
         format_version=loader.FORMAT_VERSION,
@@ -236,12 +228,7 @@ def export_backbone(config, workdir: str, out: str, *, quality: dict | None = No
         num_params=loader.num_params(net),
         source_dtypes=["float32"],
         param_dtype="float32",
-        training=dict(
-            steps=int(step),
-            images_seen=int(step) * config.train.batch_size,
-            config=json.loads(config.to_json_best_effort()),
-            data=dict(config.data.to_dict()),
-        ),
+        training=train_loop.training_record(config, step),
         quality=quality or {},
     )
     backbone = loader.Backbone(params=params, config=net, manifest=manifest)

@@ -479,3 +479,30 @@ __all__ = [
     "use_class_labels",
     "workdir_lock",
 ]
+
+
+def newest_checkpoint(workdir, like) -> tuple[int, Any]:
+    """(step, state) of the newest checkpoint of ``<workdir>/checkpoints``, restored into the
+    structure of ``like`` (a state or a tree of ShapeDtypeStructs): what the export modes read.
+    FileNotFoundError (saying to train first) when there is none."""
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)
+    manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
+    try:
+        restored = checkpoint.restore_latest(manager, like)
+    finally:
+        manager.close()
+    if restored is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint to export; train first")
+    step, state, _ = restored
+    return int(step), state
+
+
+def training_record(config, step: int) -> dict:
+    """The ``training`` entry of an exported model's manifest: steps, images seen, the run's
+    config and data."""
+    return dict(
+        steps=int(step),
+        images_seen=int(step) * int(config.train.batch_size),
+        config=json.loads(config.to_json_best_effort()),
+        data=dict(config.data.to_dict()),
+    )

@@ -24,7 +24,6 @@ resume, the loop, NaN guard, checkpoints) is ``aid_jax.train_loop``'s.
 from __future__ import annotations
 
 import datetime
-import json
 import pathlib
 
 import jax
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aid_jax import checkpoint, images, train_loop
+from aid_jax import images, train_loop
 from aid_jax.backbones import loader, sd_vae, vae_loader
 from aid_jax.data import sources
 from aid_jax.metrics import lpips as lpips_metric
@@ -238,16 +237,9 @@ def export_vae(config, workdir: str, out: str, *, quality: dict | None = None) -
     reconstruction quality on ``export.quality_images`` held-out images in the manifest."""
     cfg = vae_config(config)
     tx = make_optimizer(config)
-    like = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-        init_state(config, cfg, tx, jax.random.key(0)),
+    step, state = train_loop.newest_checkpoint(
+        workdir, init_state(config, cfg, tx, jax.random.key(0))
     )
-    manager = checkpoint.make_manager(pathlib.Path(workdir) / "checkpoints")
-    restored = checkpoint.restore_latest(manager, like)
-    manager.close()
-    if restored is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to export; train first")
-    step, state, _ = restored
     params = jax.tree.map(np.asarray, state["ema"])
     source = sources.make_source(config.data)
     x_train = train_loop.host_images(source, 0, int(config.export.stat_images), config.seed + 2)
@@ -268,12 +260,7 @@ def export_vae(config, workdir: str, out: str, *, quality: dict | None = None) -
         pixel_range=[0.0, 1.0],
         raw_latent_mean=[float(v) for v in raw_mean],
         raw_latent_std=[float(v) for v in raw_std],
-        training=dict(
-            steps=int(step),
-            images_seen=int(step) * int(config.train.batch_size),
-            config=json.loads(config.to_json_best_effort()),
-            data=dict(config.data.to_dict()),
-        ),
+        training=train_loop.training_record(config, step),
         quality=dict(reconstruction=measured, **(quality or {})),
         exported=datetime.datetime.now().isoformat(timespec="seconds"),
     )
