@@ -403,7 +403,9 @@ def test_main_initialises_before_the_mode_runs(monkeypatch):
     assert calls == [("init", config), ("run", config, "w")]
 
 
-@pytest.mark.parametrize("mode", ["evaluate", "tune", "sample", "export"])
+@pytest.mark.parametrize(
+    "mode", ["evaluate", "tune", "sample", "export", "export_vae", "export_edm2"]
+)
 def test_single_process_modes_refuse_a_multi_process_run(monkeypatch, tmp_path, mode):
     """Modes that write per image or per file run in one process; in a multi-process run they
     say how to run them instead of every process writing the same files."""
