@@ -30,7 +30,7 @@ import numpy as np
 
 from aid_jax import report
 
-AMORTIZED = ("aid", "deft", "deft_small")
+AMORTIZED = ("aid", "aid_large", "deft", "deft_small")
 CHEAP_NFE = 20  # forward + backward passes
 METRIC = "lpips_hole"
 MASK_ORDER = ("center_box", "half", "strokes", "random_boxes", "pixel_dropout")
@@ -149,16 +149,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--json", default="")
+    parser.add_argument(
+        "--aid", default="aid", choices=("aid", "aid_large"), help="the AID module's entries"
+    )
     args = parser.parse_args()
     jobs = load_jobs(args.workdirs)
-    at10 = compare(jobs, "aid_nfe10")
-    at20 = compare(jobs, "aid_nfe20")
-    print(markdown(at10, "AID at 10 NFE against every entry"))
-    print(markdown(at20, "AID at 20 NFE against every entry"))
+    a10, a20 = f"{args.aid}_nfe10", f"{args.aid}_nfe20"
+    at10 = compare(jobs, a10)
+    at20 = compare(jobs, a20)
+    print(markdown(at10, f"{a10} against every entry"))
+    print(markdown(at20, f"{a20} against every entry"))
     v = verdict(at10)
     print("```\n" + json.dumps(v, indent=1) + "\n```")
     if args.json:
-        record = dict(aid_nfe10=at10, aid_nfe20=at20, verdict=v, workdirs=args.workdirs)
+        record = {a10: at10, a20: at20, "verdict": v, "workdirs": args.workdirs}
         pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 
 

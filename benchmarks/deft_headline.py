@@ -25,7 +25,7 @@ import re
 
 from benchmarks import aid_target
 
-FAMILIES = ("deft", "deft_small", "aid")
+FAMILIES = ("deft", "deft_small", "aid", "aid_large")
 REFERENCES = ("deft_nfe10", "deft_small_nfe10")
 
 

@@ -142,6 +142,7 @@ def get_config(arg=None):
 
 AMORTIZED = {  # family -> (registered method, shipped module)
     "aid": ("aid", "ported_weights/aid_fashion_mnist"),
+    "aid_large": ("aid", "ported_weights/aid_fashion_mnist_large"),  # the 12 % actor
     "deft": ("deft", "ported_weights/deft_fashion_mnist"),
     "deft_small": ("deft", "ported_weights/deft_fashion_mnist_small"),
 }
