@@ -39,7 +39,7 @@ import optax
 from aid_jax import images, sampling, train_loop
 from aid_jax.backbones import edm2, loader, sd_vae, vae_loader
 from aid_jax.data import sources
-from aid_jax.pretrain import ema_beta
+from aid_jax.pretrain import ema_beta, fresh_state
 
 RUN_DEFINING = ("seed", "model", "vae", "data", "optim", "loss", "train.batch_size")
 
@@ -81,13 +81,7 @@ def init_raw(key: jax.Array, cfg: edm2.EDM2Config) -> dict:
     """Random trainable parameters: NVIDIA's init (weights N(0, 1), so unit RMS rows) in JAX
     layouts; ``bake(init_raw(...))`` equals ``params_from_state(init_state(...))``."""
     baked = edm2.params_from_state(edm2.init_state(key, cfg), cfg)
-
-    def unbake(path, w):
-        if not _is_weight(path):
-            return w
-        return force_normalize({"weight": w})["weight"]
-
-    return jax.tree_util.tree_map_with_path(unbake, baked)
+    return force_normalize(baked)  # normalize is scale-free: back to unit-RMS rows
 
 
 def learning_rate(config, step):
@@ -153,23 +147,11 @@ def make_train_step(config, cfg, tx, vae):
     return train_step
 
 
-def init_state(config, cfg, tx, key):
-    raw = init_raw(key, cfg)
-
-    @jax.jit
-    def assemble(raw):
-        return dict(
-            step=jnp.zeros((), jnp.int32),
-            params=raw,
-            opt_state=tx.init(raw),
-            ema=jax.tree.map(jnp.copy, raw),
-        )
-
-    with jax.numpy_dtype_promotion("standard"):
-        return assemble(raw)
+def init_state(cfg, tx, key):
+    return fresh_state(init_raw(key, cfg), tx)
 
 
-def _check(config, cfg, vae, source) -> tuple[int, int, int]:
+def _check(cfg, vae, source) -> None:
     latent = vae.latent_shape(tuple(source.image_shape))
     if (cfg.img_resolution, cfg.img_resolution, cfg.img_channels) != latent:
         raise ValueError(
@@ -182,7 +164,6 @@ def _check(config, cfg, vae, source) -> tuple[int, int, int]:
             f"model.label_dim={cfg.label_dim} but the data has {classes} classes; set "
             f"model.label_dim to {classes} (or 0 for an unconditional network)"
         )
-    return latent
 
 
 def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
@@ -191,7 +172,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     source = sources.make_source(config.data)
     vae = vae_loader.load_vae(config.vae.path)
     cfg = network_config(config)
-    _check(config, cfg, vae, source)
+    _check(cfg, vae, source)
     batch = int(config.train.batch_size)
     if batch % mesh.devices.size:
         raise ValueError(f"train.batch_size={batch} must divide over {mesh.devices.size} devices")
@@ -218,10 +199,12 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         labels=sample_labels,
     )
 
+    bake_jit = jax.jit(bake)  # one program, not one eager op per leaf at every grid
+
     def on_step(step, state, writer):
         every = int(config.train.sample_every)
         if every and step % every == 0:
-            z = draw(bake(state["ema"]), noise * 80.0)
+            z = draw(bake_jit(state["ema"]), noise * 80.0)
             x = 2.0 * np.asarray(vae.decode(z)) - 1.0
             train_loop.save_grid(writer, step, "samples", images.grid(images.to_uint8(x)))
 
@@ -230,7 +213,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         config=config,
         run_defining=RUN_DEFINING,
         mesh=mesh,
-        init_state=lambda: init_state(config, cfg, tx, init_key),
+        init_state=lambda: init_state(cfg, tx, init_key),
         step_fn=make_train_step(config, cfg, tx, vae),
         inputs_at=inputs_at,
         loss="loss",
@@ -252,9 +235,7 @@ def export_backbone(config, workdir: str, out: str, *, quality: dict | None = No
     with ``load_backbone``), with the VAE it was trained on recorded in the manifest."""
     cfg = network_config(config)
     tx = make_optimizer(config)
-    step, state = train_loop.newest_checkpoint(
-        workdir, init_state(config, cfg, tx, jax.random.key(0))
-    )
+    step, state = train_loop.newest_checkpoint(workdir, init_state(cfg, tx, jax.random.key(0)))
     params = jax.tree.map(np.asarray, bake(force_normalize(state["ema"])))
     vae = vae_loader.load_vae(config.vae.path)
     manifest = dict(

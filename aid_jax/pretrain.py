@@ -107,10 +107,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def init_state(config, net, tx, key):
-    params = loader.params_from_state(edm.training_init_state(key, net), net)
+def fresh_state(params, tx: optax.GradientTransformation) -> dict:
+    """A step-0 state {step, params, opt_state, ema} around ``params`` (every trainer of a
+    network with an optimiser and an EMA: pretrain, vae_train, edm2_train). One jitted program
+    builds it (eager per-leaf ops would compile per shape)."""
 
-    # One jitted program builds the whole state (eager per-leaf ops would compile per shape).
     @jax.jit
     def assemble(params):
         return dict(
@@ -120,7 +121,12 @@ def init_state(config, net, tx, key):
             ema=jax.tree.map(jnp.copy, params),
         )
 
-    return assemble(params)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32
+        return assemble(params)
+
+
+def init_state(config, net, tx, key):
+    return fresh_state(loader.params_from_state(edm.training_init_state(key, net), net), tx)
 
 
 def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:

@@ -35,7 +35,7 @@ from aid_jax import images, train_loop
 from aid_jax.backbones import loader, sd_vae, vae_loader
 from aid_jax.data import sources
 from aid_jax.metrics import lpips as lpips_metric
-from aid_jax.pretrain import learning_rate  # Adam with a linear warm-up, as for EDM
+from aid_jax.pretrain import fresh_state, learning_rate  # warm-up Adam, as for EDM
 
 # Config groups that define the run: resuming with different values is an error.
 RUN_DEFINING = ("seed", "vae", "data", "optim", "loss", "train.batch_size")
@@ -114,23 +114,11 @@ def make_train_step(config, cfg: sd_vae.VAEConfig, tx: optax.GradientTransformat
     return train_step
 
 
-def init_state(config, cfg: sd_vae.VAEConfig, tx, key):
-    params = sd_vae.init_params(key, cfg)
-
-    @jax.jit
-    def assemble(params):
-        return dict(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            ema=jax.tree.map(jnp.copy, params),
-        )
-
-    with jax.numpy_dtype_promotion("standard"):
-        return assemble(params)
+def init_state(cfg: sd_vae.VAEConfig, tx, key):
+    return fresh_state(sd_vae.init_params(key, cfg), tx)
 
 
-def _check_shapes(config, cfg: sd_vae.VAEConfig, source) -> None:
+def _check_shapes(cfg: sd_vae.VAEConfig, source) -> None:
     shape = tuple(source.image_shape)
     if shape[-1] != cfg.in_channels or cfg.out_channels != cfg.in_channels:
         raise ValueError(
@@ -150,7 +138,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     """The VAE run for aid_jax.train_loop: checks, state, step, inputs, reconstruction grids."""
     source = sources.make_source(config.data)
     cfg = vae_config(config)
-    _check_shapes(config, cfg, source)
+    _check_shapes(cfg, source)
     batch = int(config.train.batch_size)
     if batch % mesh.devices.size:
         raise ValueError(f"train.batch_size={batch} must divide over {mesh.devices.size} devices")
@@ -181,7 +169,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         config=config,
         run_defining=RUN_DEFINING,
         mesh=mesh,
-        init_state=lambda: init_state(config, cfg, tx, init_key),
+        init_state=lambda: init_state(cfg, tx, init_key),
         step_fn=make_train_step(config, cfg, tx),
         inputs_at=inputs_at,
         loss="loss",
@@ -237,9 +225,7 @@ def export_vae(config, workdir: str, out: str, *, quality: dict | None = None) -
     reconstruction quality on ``export.quality_images`` held-out images in the manifest."""
     cfg = vae_config(config)
     tx = make_optimizer(config)
-    step, state = train_loop.newest_checkpoint(
-        workdir, init_state(config, cfg, tx, jax.random.key(0))
-    )
+    step, state = train_loop.newest_checkpoint(workdir, init_state(cfg, tx, jax.random.key(0)))
     params = jax.tree.map(np.asarray, state["ema"])
     source = sources.make_source(config.data)
     x_train = train_loop.host_images(source, 0, int(config.export.stat_images), config.seed + 2)

@@ -28,10 +28,10 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+
+from benchmarks import children
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RECIPES = ("backprop", "critic")
@@ -60,18 +60,7 @@ print(json.dumps(dict(rates=[r["steps_per_s"] for r in rows], loss=[r[loss] for 
 
 
 def _child(code: str, *args) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), AID_JAX_COMPILATION_CACHE="off")
-    done = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if done.returncode:
-        raise RuntimeError(f"child {args} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return children.run_json(code, *args, name=f"child {args}")
 
 
 def train_run(rule: str, recipe: str, steps: int) -> dict:

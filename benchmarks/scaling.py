@@ -24,10 +24,10 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
-import sys
 import tempfile
 import time
+
+from benchmarks import children
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -74,22 +74,19 @@ print(json.dumps(dict(devices=n, train_steps_per_s=statistics.mean(rates),
 
 
 def run(n: int, args, platform_name: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), AID_JAX_COMPILATION_CACHE="off")
-    if platform_name == "cpu":
-        env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(n))
+    env = dict(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(n)) if platform_name == "cpu" else {}
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(n), str(args.steps), str(args.batch)]
-            + [str(args.repeats), str(pathlib.Path(tmp) / "run"), platform_name],
-            cwd=ROOT,
+        return children.run_json(
+            CHILD,
+            n,
+            args.steps,
+            args.batch,
+            args.repeats,
+            pathlib.Path(tmp) / "run",
+            platform_name,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
+            name=f"{n} devices",
         )
-    if done.returncode:
-        raise RuntimeError(f"{n} devices failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -26,10 +26,11 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import children
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -76,20 +77,11 @@ def passes_per_step(name: str) -> dict:
 
 def measure(name: str, steps: int) -> float:
     module, variant, trainer, _ = RECIPES[name]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), AID_JAX_COMPILATION_CACHE="off")
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, module, variant or "", trainer, str(steps)]
-            + [str(pathlib.Path(tmp) / "run")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
+        out = children.run_json(
+            CHILD, module, variant or "", trainer, steps, pathlib.Path(tmp) / "run", name=name
         )
-    if done.returncode:
-        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["steps_per_s"]
+    return out["steps_per_s"]
 
 
 def main() -> None:
