@@ -8,6 +8,10 @@ steps) job in ``<workdir>/jobs/`` (same images, masks and noise for every entry)
 * the NFE sweep of the amortized modules: LPIPS on the hole / FID_LeNet per mask;
 * DEFT at 10 NFE (each module) against every other entry: paired Δ LPIPS with its 95 % interval
   (benchmarks/aid_target.py's pairing) and FID_LeNet;
+* at each budget K of ``MATCHED_NFE``, DEFT's K-step entry against every entry tuned or trained
+  for the same K (``<name>_nfe<K>``; a baseline's budget counts forward passes, its backward
+  passes are in the NFE column), one compact table per K: LPIPS-hole (★: the paired interval of
+  DEFT − entry excludes 0) / FID_LeNet;
 * with ``--diversity``: the mean pairwise LPIPS between samples in the hole (a run with
   ``eval.samples_per_image > 1``) per mask and entry.
 
@@ -27,6 +31,7 @@ from benchmarks import aid_target
 
 FAMILIES = ("deft", "deft_small", "aid", "aid_large")
 REFERENCES = ("deft_nfe10", "deft_small_nfe10")
+MATCHED_NFE = (5, 10, 20, 50)
 
 
 def sweep(jobs: dict) -> dict:
@@ -57,6 +62,48 @@ def sweep_markdown(table: dict, masks: list[str]) -> str:
                 cells.append("—" if not v else f"{v[0]:.3f} / {fid}")
             lines.append(f"| {family} | {nfe} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def matched(jobs: dict, nfe: int, ref_family: str = "deft") -> dict:
+    """``<ref_family>_nfe<nfe>`` against every other ``*_nfe<nfe>`` entry, per mask (the
+    pairing of benchmarks/aid_target.compare); masks where the reference has not run are left
+    out."""
+    ref = f"{ref_family}_nfe{nfe}"
+    same = {n for entries in jobs.values() for n in entries if n.endswith(f"_nfe{nfe}")}
+    return aid_target.compare(jobs, ref, others=same - {ref})
+
+
+def matched_markdown(result: dict, masks: list[str]) -> str:
+    """One row per entry, one column per mask: "LPIPS★ / FID" (★: DEFT's paired interval
+    excludes 0; the reference's own row first)."""
+    masks = [m for m in masks if m in result]
+    if not masks:
+        return ""
+    first = result[masks[0]]["aid"]
+    cell = {first["entry"]: {}}
+    nfe = {first["entry"]: first["nfe"]}
+    for mask in masks:
+        a = result[mask]["aid"]
+        cell[a["entry"]][mask] = f"**{a['lpips']:.3f}** / {_fid_text(a['fid'])}"
+        for x in result[mask]["rows"]:
+            d = x["delta"]
+            star = "★" if d["hi"] < 0 or d["lo"] > 0 else ""
+            cell.setdefault(x["entry"], {})[mask] = (
+                f"{x['lpips']:.3f}{star} / {_fid_text(x['fid'])}"
+            )
+            nfe[x["entry"]] = x["nfe"]
+    lines = [
+        "| entry | NFE (fwd+bwd) | " + " | ".join(masks) + " |",
+        "|---|---:|" + "---|" * len(masks),
+    ]
+    for entry in [first["entry"]] + sorted(set(cell) - {first["entry"]}):
+        cells = [cell[entry].get(m, "—") for m in masks]
+        lines.append(f"| {entry} | {nfe[entry]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fid_text(fid) -> str:
+    return "—" if fid is None else f"{fid:.2f}"
 
 
 def diversity(path: str) -> dict:
@@ -101,6 +148,15 @@ def main() -> None:
         result = aid_target.compare(jobs, ref)
         print(aid_target.markdown(result, f"{ref} against every entry", who=ref))
         record[ref] = result
+    for nfe in MATCHED_NFE:
+        result = matched(jobs, nfe)
+        if result:
+            print(
+                f"### DEFT at {nfe} steps against every entry at a budget of {nfe}: LPIPS-hole "
+                "(★: paired 95 % interval of DEFT − entry excludes 0) / FID_LeNet\n"
+            )
+            print(matched_markdown(result, masks) + "\n")
+            record[f"matched_nfe{nfe}"] = result
     if args.diversity:
         div = diversity(args.diversity)
         print("### Diversity: mean pairwise LPIPS between samples, in the hole\n")

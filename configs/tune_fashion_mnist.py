@@ -27,8 +27,8 @@ def get_config(arg=None):
     config.metrics.classifier = ""  # the choice is by LPIPS; no FID on 64 images
     config.tune = ml_collections.ConfigDict(
         dict(
-            methods="unguided,replacement,repaint,ddrm,ddnm,pigdm,dps",
-            budgets=(10, 20, 50, 100),  # forward NFE per sample
+            methods="unguided,replacement,repaint,ddrm,ddnm,pigdm,dps,vipaint",
+            budgets=(5, 10, 20, 50, 100),  # forward NFE per sample
             metric="lpips_hole",
             write="configs/tuned_fashion_mnist.py",  # "" = only <workdir>/tuning.*
             max_extend=3,  # a choice at the end of a one-knob grid: search up to 3 steps beyond

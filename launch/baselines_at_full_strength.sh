@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH=${BATCH:-64}
-BUDGETS=${BUDGETS:-10,20,50,100}
+BUDGETS=${BUDGETS:-5,10,20,50,100}
 python -m aid_jax.main --config=configs/tune_fashion_mnist.py \
   --workdir=benchmarks/results/tune --config.tune.budgets="(${BUDGETS})" \
   --config.eval.batch_size="${BATCH}"

@@ -86,6 +86,13 @@ def test_deft_headline_sweep_and_pairing(tmp_path):
     rows = {x["entry"]: x for x in aid_target.compare(jobs, "deft_nfe10")["center_box"]["rows"]}
     assert rows["aid_nfe10"]["delta"]["mean"] == pytest.approx(0.03)
     assert rows["ddnm_nfe20"]["delta"]["hi"] < 0
+    # Matched budgets: DEFT@10 only against the other 10-NFE entries.
+    at10 = deft_headline.matched(jobs, 10)
+    assert [x["entry"] for x in at10["center_box"]["rows"]] == ["aid_nfe10", "deft_small_nfe10"]
+    text = deft_headline.matched_markdown(at10, ["center_box", "half"]).splitlines()
+    assert text[2].startswith("| deft_nfe10 | 10 | **0.")  # the reference first, in bold
+    assert "★ / 12.00" in text[3] and "★ / 9.00" in text[4]  # both paired Δs are far from 0
+    assert deft_headline.matched(jobs, 5) == {}  # no DEFT@5 job: no table
     results = tmp_path / "results.json"
     d = dict(mean=0.2, lo=0.19, hi=0.21)
     results.write_text(
@@ -101,3 +108,29 @@ def test_deft_headline_sweep_and_pairing(tmp_path):
     div = deft_headline.diversity(str(results))
     assert div == {"half": {"deft_nfe10": d}}
     assert "0.200 [0.190, 0.210]" in deft_headline.diversity_markdown(div)
+
+
+def test_baseline_table_ranks_per_budget(tmp_path):
+    """benchmarks/baseline_table.py: baselines by budget per mask, the best bold, its paired Δ
+    to the runner-up (resolved, a tie, or identical outputs); amortized entries left out."""
+    from benchmarks import baseline_table
+
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.1, 0.3, N)
+    _masks(tmp_path, "half")
+    _job(tmp_path, "half", "ddnm_nfe10", "ddnm", 10, 0, base, 11.0)
+    _job(tmp_path, "half", "ddrm_nfe10", "ddrm", 10, 0, base, 11.0)  # the same outputs
+    _job(tmp_path, "half", "pigdm_nfe10", "pigdm", 10, 10, base + 0.02, 6.0)
+    _job(tmp_path, "half", "ddnm_nfe50", "ddnm", 50, 0, base - 0.05, 3.0)
+    _job(tmp_path, "half", "dps_nfe50", "dps", 50, 50, base - 0.05 + rng.normal(0, 0.01, N), 4)
+    _job(tmp_path, "half", "aid_nfe10", "aid", 10, 0, base - 0.1, 2.0)  # not a baseline
+    tab = baseline_table.table(aid_target.load_jobs([tmp_path]))
+    assert set(tab["half"]) == {10, 50} and "aid" not in tab["half"][10]
+    assert tab["half"][10]["pigdm"]["nfe_backward"] == 10
+    text = baseline_table.markdown(tab, ["half", "strokes"])
+    assert "| pigdm | 0.2" in text and "/ 6.0 (10+10) | — |" in text
+    assert "(identical outputs)" in text
+    r50 = baseline_table.ranking(tab["half"][50])
+    assert {r50["best"], r50["runner_up"]} == {"ddnm", "dps"}
+    assert r50["delta"]["lo"] < 0 < r50["delta"]["hi"]  # noise of 0.01 per image: a tie
+    assert "a tie at N = 64" in text

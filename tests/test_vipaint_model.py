@@ -153,6 +153,10 @@ def test_config_errors():
         model.VIPaintConfig(kl_form="slip")
     with pytest.raises(ValueError, match="num_iters"):
         model.VIPaintConfig(num_iters=0)
+    with pytest.raises(ValueError, match=r"num_iters must be an int >= 1, got 2\.5"):
+        model.VIPaintConfig(num_iters=2.5)  # e.g. a tuning extension 5 · (5 / 10)
+    with pytest.raises(ValueError, match="refine_steps must be an int"):
+        model.VIPaintConfig(refine_steps=True)
     assert losses.KL_FORMS == ("exact", "official")
 
 

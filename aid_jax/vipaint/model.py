@@ -159,8 +159,10 @@ class VIPaintConfig:
                 f"against a zero-variance prior is infinite), got {self.eta_keypoints}"
             )
         for name in ("num_iters", "num_mc", "lr_decay_every", "refine_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            v = getattr(self, name)
+            # A count: 2.5 iterations is an error, not a silent int(2.5).
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if self.kl_form not in losses.KL_FORMS:
             raise ValueError(f"kl_form must be one of {losses.KL_FORMS}, got {self.kl_form!r}")
         if self.prior_endpoint not in losses.PRIOR_ENDPOINTS:
