@@ -57,6 +57,24 @@ def load_jobs(workdirs) -> dict:
     return dict(jobs)
 
 
+def ordered_masks(jobs: dict) -> list[str]:
+    """The masks of ``jobs``: the headline's order first, any others sorted after."""
+    return [m for m in MASK_ORDER if m in jobs] + sorted(set(jobs) - set(MASK_ORDER))
+
+
+def interval(d: dict) -> str:
+    """A paired difference as ``+0.0123 [+0.0100, +0.0150]``."""
+    return f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The command line the job readers share: workdirs, then ``--json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("workdirs", nargs="+")
+    parser.add_argument("--json", default="")
+    return parser
+
+
 def _counted(row) -> int:
     return int(row["nfe"]) + int(row.get("nfe_backward", 0))
 
@@ -138,17 +156,14 @@ def markdown(result: dict, title: str, who: str = "AID") -> str:
             star = " ★" if d["hi"] < 0 or d["lo"] > 0 else ""
             fid = "—" if x["fid"] is None else f"{x['fid']:.2f}"
             lines.append(
-                f"| {x['entry']} | {x['nfe']} | {x['lpips']:.4f} | "
-                f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{star} | {fid} |"
+                f"| {x['entry']} | {x['nfe']} | {x['lpips']:.4f} | {interval(d)}{star} | {fid} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--json", default="")
+    parser = arguments(__doc__)
     parser.add_argument(
         "--aid", default="aid", choices=("aid", "aid_large"), help="the AID module's entries"
     )

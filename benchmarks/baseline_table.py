@@ -14,7 +14,6 @@ noise), so the table says which ranks are resolved at N = 1,000 and which are ti
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import re
@@ -105,22 +104,16 @@ def markdown(tab: dict, masks: list[str]) -> str:
             else:
                 resolved = f"a tie at N = {best.size}"
             lines.append(
-                f"- NFE {b}: {r['best']} − {r['runner_up']} = {d['mean']:+.4f} "
-                f"[{d['lo']:+.4f}, {d['hi']:+.4f}] ({resolved})"
+                f"- NFE {b}: {r['best']} − {r['runner_up']} = {aid_target.interval(d)} ({resolved})"
             )
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    args = aid_target.arguments(__doc__).parse_args()
     jobs = aid_target.load_jobs(args.workdirs)
-    masks = [m for m in aid_target.MASK_ORDER if m in jobs] + sorted(
-        set(jobs) - set(aid_target.MASK_ORDER)
-    )
+    masks = aid_target.ordered_masks(jobs)
     tab = table(jobs)
     print(markdown(tab, masks))
     if args.json:

@@ -22,7 +22,6 @@ steps) job in ``<workdir>/jobs/`` (same images, masks and noise for every entry)
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import re
@@ -74,8 +73,9 @@ def matched(jobs: dict, nfe: int, ref_family: str = "deft") -> dict:
 
 
 def matched_markdown(result: dict, masks: list[str]) -> str:
-    """One row per entry, one column per mask: "LPIPS★ / FID" (★: DEFT's paired interval
-    excludes 0; the reference's own row first)."""
+    """One row per entry, one column per mask: "LPIPS / FID" with ★ where DEFT is better (the
+    paired interval of DEFT − entry below 0), ✗ where the entry is better (above 0), nothing
+    for a tie; the reference's own row first, in bold."""
     masks = [m for m in masks if m in result]
     if not masks:
         return ""
@@ -87,7 +87,8 @@ def matched_markdown(result: dict, masks: list[str]) -> str:
         cell[a["entry"]][mask] = f"**{a['lpips']:.3f}** / {_fid_text(a['fid'])}"
         for x in result[mask]["rows"]:
             d = x["delta"]
-            star = "★" if d["hi"] < 0 or d["lo"] > 0 else ""
+            # ★: DEFT better (the interval of DEFT − entry is below 0); ✗: the entry better.
+            star = "★" if d["hi"] < 0 else "✗" if d["lo"] > 0 else ""
             cell.setdefault(x["entry"], {})[mask] = (
                 f"{x['lpips']:.3f}{star} / {_fid_text(x['fid'])}"
             )
@@ -131,15 +132,11 @@ def diversity_markdown(div: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
+    parser = aid_target.arguments(__doc__)
     parser.add_argument("--diversity", default="", help="results.json of a k > 1 run")
-    parser.add_argument("--json", default="")
     args = parser.parse_args()
     jobs = aid_target.load_jobs(args.workdirs)
-    masks = [m for m in aid_target.MASK_ORDER if m in jobs] + sorted(
-        set(jobs) - set(aid_target.MASK_ORDER)
-    )
+    masks = aid_target.ordered_masks(jobs)
     table = sweep(jobs)
     print("### The amortized modules over step counts: LPIPS-hole / FID_LeNet\n")
     print(sweep_markdown(table, masks) + "\n")
@@ -153,7 +150,8 @@ def main() -> None:
         if result:
             print(
                 f"### DEFT at {nfe} steps against every entry at a budget of {nfe}: LPIPS-hole "
-                "(★: paired 95 % interval of DEFT − entry excludes 0) / FID_LeNet\n"
+                "(★ DEFT better, ✗ the entry better: paired 95 % interval of DEFT − entry) / "
+                "FID_LeNet\n"
             )
             print(matched_markdown(result, masks) + "\n")
             record[f"matched_nfe{nfe}"] = result

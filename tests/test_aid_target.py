@@ -91,7 +91,8 @@ def test_deft_headline_sweep_and_pairing(tmp_path):
     assert [x["entry"] for x in at10["center_box"]["rows"]] == ["aid_nfe10", "deft_small_nfe10"]
     text = deft_headline.matched_markdown(at10, ["center_box", "half"]).splitlines()
     assert text[2].startswith("| deft_nfe10 | 10 | **0.")  # the reference first, in bold
-    assert "★ / 12.00" in text[3] and "★ / 9.00" in text[4]  # both paired Δs are far from 0
+    assert "✗ / 12.00" in text[3]  # AID better than DEFT (base − 0.03 vs base)
+    assert "★ / 9.00" in text[4]  # DEFT better than DEFT-small (base vs base + 0.02)
     assert deft_headline.matched(jobs, 5) == {}  # no DEFT@5 job: no table
     results = tmp_path / "results.json"
     d = dict(mean=0.2, lo=0.19, hi=0.21)
