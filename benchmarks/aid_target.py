@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -55,6 +56,13 @@ def load_jobs(workdirs) -> dict:
             masks_of[mask] = masks
             jobs[mask][row["method"]] = {"row": row, "values": values}
     return dict(jobs)
+
+
+def entry_budget(name: str) -> tuple[str, int] | None:
+    """``(family, K)`` of a headline entry ``<family>_nfe<K>`` (configs/eval_fashion_mnist.py's
+    naming), None for any other name."""
+    m = re.fullmatch(r"(.+)_nfe(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 def ordered_masks(jobs: dict) -> list[str]:

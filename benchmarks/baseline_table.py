@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 
 import numpy as np
 
@@ -32,11 +31,12 @@ def table(jobs: dict) -> dict:
     out: dict = {}
     for mask, entries in jobs.items():
         for name, e in entries.items():
-            m = re.fullmatch(r"(.+)_nfe(\d+)", name)
-            if not m or m.group(1) not in BASELINES:
+            parsed = aid_target.entry_budget(name)
+            if not parsed or parsed[0] not in BASELINES:
                 continue
+            method, budget = parsed
             row = e["row"]
-            out.setdefault(mask, {}).setdefault(int(m.group(2)), {})[m.group(1)] = dict(
+            out.setdefault(mask, {}).setdefault(budget, {})[method] = dict(
                 lpips=float(e["values"].mean()),
                 fid=aid_target._fid(row),
                 nfe=int(row["nfe"]),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 
 from benchmarks import aid_target
 
@@ -38,12 +37,13 @@ def sweep(jobs: dict) -> dict:
     out: dict = {}
     for mask, entries in jobs.items():
         for name, e in entries.items():
-            m = re.fullmatch(r"(.+)_nfe(\d+)", name)
-            if not m or m.group(1) not in FAMILIES:
+            parsed = aid_target.entry_budget(name)
+            if not parsed or parsed[0] not in FAMILIES:
                 continue
+            family, nfe = parsed
             lp = float(e["values"].mean())
             fid = aid_target._fid(e["row"])
-            out.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[mask] = (lp, fid)
+            out.setdefault(family, {}).setdefault(nfe, {})[mask] = (lp, fid)
     return out
 
 
@@ -68,7 +68,12 @@ def matched(jobs: dict, nfe: int, ref_family: str = "deft") -> dict:
     pairing of benchmarks/aid_target.compare); masks where the reference has not run are left
     out."""
     ref = f"{ref_family}_nfe{nfe}"
-    same = {n for entries in jobs.values() for n in entries if n.endswith(f"_nfe{nfe}")}
+    same = {
+        n
+        for entries in jobs.values()
+        for n in entries
+        if (aid_target.entry_budget(n) or ("", 0))[1] == nfe
+    }
     return aid_target.compare(jobs, ref, others=same - {ref})
 
 
