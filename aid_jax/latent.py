@@ -24,12 +24,15 @@ Per call, per image row:
 ``likelihood="pixel"`` (DPS and ΠGDM): the guidance gradient is taken on the decoded pixels
 instead, g = J_Dᵀ J_decᵀ (m ⊙ (y − dec(x̂0))) with the pixel mask, the decoder called and
 differentiated once per step (counted in ``decoder_calls`` / ``decoder_backward``); the rest of
-the step (and ΠGDM's paste of the encoded observation) stays in latent space. For VIPaint
-(reconstruction loss on decoded pixels) this needs a rendering hook in ``aid_jax.vipaint``
-(docs/LATENT.md, TODO); AID's pixel-space Ψ likewise (TODO).
+the step (and ΠGDM's paste of the encoded observation) stays in latent space. VIPaint with
+``likelihood="pixel"`` (its own latent setting) takes its reconstruction loss on decoded pixels
+in the fit and the refinement (``vipaint.model``'s ``render``/``target``). AID's pixel-space Ψ
+is a training option (``aid.psi_space``, ``aid_jax.aid.train.pixel_view``); its deployment is
+the same latent sampler.
 
 Costs per sample (:func:`latent_costs`): the method's NFE forward/backward, 1 encoder call,
-1 decoder call (+ N forward and N backward for ``likelihood="pixel"`` with N steps).
+1 decoder call (+ N forward and N backward for ``likelihood="pixel"`` with N steps; VIPaint
+also its fit's iterations × Monte Carlo samples, shared by an image's samples).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ __all__ = [
 # The options a latent method adds to its base method's (names no method uses).
 OPTIONS = MappingProxyType({"dilate": 0, "paste_pixels": False, "likelihood": "latent"})
 LIKELIHOODS = ("latent", "pixel")
-PIXEL_LIKELIHOOD_METHODS = ("dps", "pigdm")
+PIXEL_LIKELIHOOD_METHODS = ("dps", "pigdm", "vipaint")
 PIXEL_RANGES = ("0_1", "-1_1")  # what the VAE is fed: EDM2's x/255 or diffusers' [-1, 1]
 
 
@@ -330,14 +333,25 @@ def latent_costs(name: str, **options) -> dict[str, int]:
     base, lat = _split(opts)
     _check_latent_options(base_name, lat)
     nfe, nfe_b = registry.get(base_name).cost(**base)
-    pixel_steps = int(base["num_steps"]) if lat["likelihood"] == "pixel" else 0
+    pixel_passes = _pixel_passes(base_name, base) if lat["likelihood"] == "pixel" else 0
     return dict(
         nfe=nfe,
         nfe_backward=nfe_b,
         encoder_calls=1,
-        decoder_calls=1 + pixel_steps,
-        decoder_backward=pixel_steps,
+        decoder_calls=1 + pixel_passes,
+        decoder_backward=pixel_passes,
     )
+
+
+def _pixel_passes(base_name: str, base: Mapping[str, Any]) -> int:
+    """Decoder forward (= backward) passes per sample of a pixel-likelihood method: one per
+    step; VIPaint also one per fit iteration and Monte Carlo sample, shared by the
+    ``samples_per_fit`` samples of an image (as its NFE)."""
+    steps = int(base["num_steps"])
+    if base_name != "vipaint":
+        return steps
+    fit = int(base["num_iters"]) * int(base["num_mc"])
+    return steps - (-fit // int(base["samples_per_fit"]))
 
 
 @functools.cache
@@ -441,7 +455,25 @@ def _pigdm_pixel(
     return prim.run_steps(step, sigmas, k_init, shape)
 
 
-_PIXEL_RUNS = {"dps": _dps_pixel, "pigdm": _pigdm_pixel}
+def _vipaint_pixel(
+    denoise, decode, y_px, known_px, z_obs, m_lat, key, labels, *, samples_per_fit, num_steps,
+    **fields,
+):  # fmt: skip
+    """``vipaint`` (aid_jax/methods/vipaint.py) with the reconstruction loss on decoded pixels,
+    VIPaint's own latent setting: the posterior is initialised from the encoded observation and
+    the latent mask; L_rec(dec(x̂0)) is taken against the pixel observation and pixel mask in the
+    fit and the refinement, its gradient through the decoder. Rows grouped by
+    ``samples_per_fit`` as in pixel space."""
+    from aid_jax.methods import vipaint as vipaint_lib
+
+    cfg = vipaint_lib.config(num_steps, samples_per_fit, **fields)
+    target = (y_px, known_px)
+    return vipaint_lib.run_rows(
+        denoise, z_obs, m_lat, key, labels, cfg, samples_per_fit, decode, target
+    )
+
+
+_PIXEL_RUNS = {"dps": _dps_pixel, "pigdm": _pigdm_pixel, "vipaint": _vipaint_pixel}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,7 +578,7 @@ def build(
             z = run(den, decode, y, known_px, z_obs, m_lat, key, labels)
             return finish(vae_params, y, mask, z)
 
-        core = contract.per_row_keys(pixel_core)
+        core = contract.per_row_keys(pixel_core, group=int(base_opts.get("samples_per_fit", 1)))
     else:
 
         def core(params, y, mask, key, labels=None):

@@ -25,9 +25,10 @@ Smoke:  --config=configs/imagenet512.py:smoke — a random EDM2 of the tiny fixt
         data; two AID steps and a tiny evaluation (what the tests run).
 
 Class labels: AID's training and validation give the backbone the images' classes
-(train.use_labels=None: on for labelled data; False = the zero class vector). Known limits
-(docs/LATENT.md): AID validates on latents, so metrics.lpips stays "" here (AID's validation
-would apply it to latents); pixel-space Ψ and VIPaint's pixel likelihood are TODO.
+(train.use_labels=None: on for labelled data; False = the zero class vector). Ψ compares latents
+by default; --config.aid.psi_space=pixel takes it on the decoded images (e.g. with
+aid.psi_lpips). AID's validation decodes its samples, so a metrics.lpips net scores pixels; it
+stays "" here because decoding 512×512 validation images at every evaluation is costly on a CPU.
 """
 
 import ml_collections
@@ -60,7 +61,7 @@ def _method(method: str, steps, **options) -> ml_collections.ConfigDict:
     )
 
 
-def _latents(images: dict, vae) -> ml_collections.ConfigDict:
+def latents_config(images: dict, vae) -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict(
         dict(name="vae_latents", images=ml_collections.ConfigDict(images), cache=True)
     )
@@ -76,10 +77,11 @@ def get_config(arg=None):
     # "0_1" = EDM2's convention (the VAE sees x/255).
     config.vae = ml_collections.ConfigDict(dict(path="", random=None, pixel_range="0_1"))
     images = dict(name="edm_zip", path="", labels="auto", resize_to=512, channels=3)
-    config.data = _latents(images, config.vae)
-    config.eval_data = _latents(dict(images), config.vae)
+    config.data = latents_config(images, config.vae)
+    config.eval_data = latents_config(dict(images), config.vae)
     config.aid.update(
         num_steps=16,
+        psi_space="latent",  # "pixel": Ψ on the decoded images (gradients through the decoder)
         actor_channels=(64, 128, 128),
         actor_emb_dim=64,
         critic_channels=(64, 128, 256),

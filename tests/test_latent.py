@@ -109,23 +109,57 @@ def test_identity_codec_equals_pixel_space(key):
     """With an identity VAE, latent/<m> is <m> exactly; the pixel likelihood (gradients through
     the decoder) equals the latent one; costs carry the VAE passes."""
     y, mask = _data(key)
+    # Two rows per image (VIPaint's samples_per_fit = 2 shares one fit between them).
+    y_rows, mask_rows = np.repeat(y, 2, axis=0), np.repeat(mask, 2, axis=0)
     k = jax.random.key(3)
     space = identity_space()
     for name, opts in [
         ("replacement", dict(num_steps=4)),
         ("dps", dict(num_steps=3, clamp=False)),
         ("pigdm", dict(num_steps=3, form="paper", eta=0.5)),
+        # VIPaint's decoder passes: 3 refinement steps + 2 fit iterations × 3 MC samples / 2.
+        ("vipaint", dict(num_steps=3, num_iters=2, num_mc=3, samples_per_fit=2)),
     ]:
-        ref = methods.make_inpainter(name, toy_denoise, **opts)(None, y, mask, k)
+        ref = methods.make_inpainter(name, toy_denoise, **opts)(None, y_rows, mask_rows, k)
         likelihoods = ("latent", "pixel") if name != "replacement" else ("latent",)
         for lik in likelihoods:
             fn = _make("latent/" + name, space, likelihood=lik, **opts)
-            res = fn(fn.call_params(None), y, mask, k)
+            res = fn(fn.call_params(None), y_rows, mask_rows, k)
             np.testing.assert_allclose(res.x, ref.x, rtol=1e-5, atol=1e-5, err_msg=name + lik)
-            n = opts["num_steps"] if lik == "pixel" else 0
+            n = {"vipaint": 3 + 3}.get(name, opts["num_steps"]) if lik == "pixel" else 0
             assert (res.nfe, res.nfe_backward) == (ref.nfe, ref.nfe_backward)
             assert (res.encoder_calls, res.decoder_calls, res.decoder_backward) == (1, 1 + n, n)
             assert (fn.encoder_calls, fn.decoder_calls, fn.decoder_backward) == (1, 1 + n, n)
+
+
+def test_vipaint_pixel_likelihood_goes_through_the_decoder(key):
+    """latent/vipaint with likelihood="pixel" compares the decoded x̂0 with the pixel
+    observation. With the pool codec (decoder: nearest ×2 upsampling of [0, 1] values) and an
+    observation that is constant on 2×2 patches, |y − dec(x̂0)| is twice the latent |z − x̂0|
+    on every pixel of a patch, so the pixel loss at L1 weight w equals the latent loss at 2w —
+    fit, gradients and samples included; a render that were skipped could not match."""
+    k_img, k_mask = jax.random.split(key)
+    y_lat = np.asarray(jax.random.uniform(k_img, (2, 4, 4, 3), minval=-1.0, maxval=1.0))
+    m_lat = np.ones((2, 4, 4, 1), np.float32)
+    m_lat[0, 1:3, 1:4] = 0.0
+    m_lat[1, :, 2:] = 0.0
+
+    def up(a):
+        return np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)
+
+    y, mask = up(y_lat), up(m_lat)
+    opts = dict(num_steps=3, num_iters=3, num_mc=2, samples_per_fit=1)
+    k = jax.random.key(11)
+    px = _make("latent/vipaint", pool_space(), likelihood="pixel", rec_l1_weight=10.0, **opts)
+    lat = _make("latent/vipaint", pool_space(), rec_l1_weight=20.0, **opts)
+    out_px = px(px.call_params(None), y, mask, k)
+    out_lat = lat(lat.call_params(None), y, mask, k)
+    np.testing.assert_allclose(out_px.x, out_lat.x, rtol=1e-4, atol=1e-5)
+    assert (out_px.decoder_calls, out_px.decoder_backward) == (1 + 3 + 6, 3 + 6)
+    assert (out_lat.decoder_calls, out_lat.decoder_backward) == (1, 0)
+    # The weight matters (the test could not pass with the loss ignored).
+    other = _make("latent/vipaint", pool_space(), rec_l1_weight=10.0, **opts)
+    assert np.max(np.abs(other(other.call_params(None), y, mask, k).x - out_lat.x)) > 1e-3
 
 
 def test_replacement_against_numpy_loop(key):
@@ -256,3 +290,72 @@ def test_imagenet512_smoke(tmp_path):
     bad.eval_data.images.image_size = 33
     with pytest.raises(ValueError, match="not a multiple"):
         main.run_mode(bad, str(tmp_path / "bad"))
+
+
+def pool4_space():
+    """pool_space on 4-channel images (so its latents fit a 4-channel EDM2)."""
+    s = pool_space()
+    return latent.LatentSpace({}, s.encode_fn, s.decode_fn, factor=2, latent_channels=4,
+                              image_channels=4, pixel_range="0_1")  # fmt: skip
+
+
+@pytest.mark.parametrize("actor", ["backprop", "pathwise"])
+def test_aid_pixel_psi_goes_through_the_decoder(actor):
+    """aid.psi_space='pixel': Ψ on decoded pixels. With the pool codec (decoder: nearest ×2
+    upsampling of [0, 1] values, then 2v − 1), ‖dec(x) − dec(x0)‖²/d = 4‖x − x0‖²/d with the
+    mask upsampled, so a step with psi_mse = 1 on pixels is the step with psi_mse = 4 on
+    latents — gradients and all; a skipped decoder could not match."""
+    from aid_jax.aid import train
+    from configs import fashion_mnist, imagenet512
+
+    bcfg = backbones.config_from_checkpoint("Precond", dict(imagenet512.TINY_EDM2, label_dim=0))
+    bb = backbones.init_params(jax.random.key(0), bcfg)
+    config = fashion_mnist.trainer_defaults("smoke")
+    config.train.update(actor=actor, antithetic=False, critic_warmup=0)
+    config.aid.update(num_steps=2, psi_mse=1.0, psi_lpips=0.0, hole_weight=2.0)
+    actor_tx, critic_tx = train.make_optimizers(config)
+    x0 = np.asarray(jax.random.uniform(jax.random.key(2), (2, 16, 16, 4), minval=-1, maxval=1))
+    mask = np.ones((2, 16, 16, 1), np.float32)
+    mask[:, 4:12, 3:10] = 0.0
+    key = jax.random.key(3)
+    out = {}
+    for space_name, weight in (("pixel", 1.0), ("latent", 4.0)):
+        config.aid.update(psi_space=space_name, psi_mse=weight)
+        cfg = train.aid_config(config, (16, 16, 4))
+        state = train.init_state(config, cfg, actor_tx, critic_tx, jax.random.key(1))
+        step = train.make_train_step(config, cfg, bcfg, actor_tx, critic_tx, space=pool4_space())
+        frozen = (bb, {}) if space_name == "pixel" else bb
+        out[space_name] = jax.jit(step)(state, frozen, x0, mask, key)
+    (s_px, m_px), (s_lat, m_lat) = out["pixel"], out["latent"]
+    np.testing.assert_allclose(m_px["terminal_loss"], m_lat["terminal_loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_px["actor"]), jax.tree.leaves(s_lat["actor"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert float(m_px["actor_grad_norm"]) > 0
+
+    config.aid.update(psi_space="pixel")
+    cfg = train.aid_config(config, (16, 16, 4))
+    with pytest.raises(ValueError, match="vae_latents"):
+        train.make_train_step(config, cfg, bcfg, actor_tx, critic_tx)
+    config.aid.update(psi_space="decoded")
+    with pytest.raises(ValueError, match="psi_space must be one of"):
+        train.aid_config(config, (16, 16, 4))
+
+
+def test_fashion_mnist_latent_smoke(tmp_path):
+    """configs/fashion_mnist_latent.py:smoke through main: AID trained with Ψ on decoded pixels
+    (LPIPS included) and validated by LPIPS on decoded pixels, then the harness with latent AID
+    and latent DPS with its residual on decoded pixels."""
+    from aid_jax import main
+    from configs import fashion_mnist_latent
+
+    config = fashion_mnist_latent.get_config("smoke")
+    main.run_mode(config, str(tmp_path))
+    record = json.loads((tmp_path / "best" / "aid_config.json").read_text())
+    assert record["aid_config"]["psi_space"] == "pixel"
+    assert record["aid_config"]["image_shape"] == [8, 8, 4]  # the module steers latents
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["select"] == "val_lpips_hole" and np.isfinite(best["val_lpips_hole"])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "eval" / "results.json").read_text())[
+        "rows"]}  # fmt: skip
+    assert (rows["aid"]["encoder_calls"], rows["aid"]["decoder_calls"]) == (1, 1)
+    assert (rows["dps_pixel"]["decoder_calls"], rows["dps_pixel"]["decoder_backward"]) == (3, 2)

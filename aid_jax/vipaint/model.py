@@ -19,6 +19,10 @@ network ``rec_lpips_net`` (``'vgg'``, the official one, or ``'alex'``;
 ``aid_jax.metrics.lpips``) is read on the host once per net (``lpips.cached_params``) and closed
 over, so it enters the jitted fit and refinement as constants; the config holds only the net's
 name and the weight. The official settings (VIPAINT.md §5.1, §6.1): :data:`PAPER_SETTINGS`.
+Latent VIPaint (VIPaint's own setting: a latent diffusion model) takes the loss on decoded
+pixels: :func:`fit`, :func:`sample` and :func:`fit_and_sample` accept ``render`` (x̂₀ -> pixels,
+the VAE's decoder) and ``target`` (the pixel observation and mask), and L_rec(render(x̂₀)) is
+compared with the target; the gradients then pass through the decoder (``aid_jax.latent``).
 
 Class labels (class-conditional backbones): :func:`fit`, :func:`sample`, :func:`fit_and_sample`
 and :func:`inpaint` take ``labels`` float32 ``[B, label_dim]`` (one row per image, e.g. from
@@ -32,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +50,7 @@ from aid_jax.vipaint import losses
 
 __all__ = [
     "LPIPS_NETS",
+    "Renderer",
     "OFFICIAL_REFINE_STEPS",
     "PAPER_SETTINGS",
     "VIPaintConfig",
@@ -63,6 +69,8 @@ __all__ = [
 ]
 
 INIT_FILLS = ("mean_color", "zero")
+# x̂₀ [N, ...] -> what the reconstruction loss sees (latent VIPaint: the VAE's decoded pixels).
+Renderer = Callable[[jax.Array], jax.Array]
 LOGVAR_MIN = -20.0
 LPIPS_NETS = tuple(sorted(lpips_metric.NETS))  # ('alex', 'vgg'): rec_lpips_net
 # The official refinement length: every integer VP step from t = 400 down to 1 (VIPAINT.md §6.1).
@@ -378,7 +386,28 @@ def _bcast(v, like):
     return jnp.reshape(v, v.shape + (1,) * (like.ndim - v.ndim))
 
 
-def objective(params: dict, denoise: DenoiseFn, y, mask, key, u0, cfg: VIPaintConfig):
+def _rec_target(y, mask, target):
+    """What the reconstruction loss compares with: ``target`` = (pixel observation ``[B, H', W',
+    C']``, its mask ``[B, H', W', 1|C']``) when x̂₀ is rendered (latent VIPaint with
+    ``likelihood="pixel"``), else the denoiser-space observation ``(y, mask)`` itself."""
+    return (y, mask) if target is None else _observed(*target)
+
+
+def _render(render: Renderer | None, x0_hat):
+    return x0_hat if render is None else render(x0_hat)
+
+
+def objective(
+    params: dict,
+    denoise: DenoiseFn,
+    y,
+    mask,
+    key,
+    u0,
+    cfg: VIPaintConfig,
+    render: Renderer | None = None,
+    target=None,
+):
     """Σ_images mean_samples [β₁ L_prior + β₂ L_hier + L_rec] (§4.5) and per-row terms.
 
     Args:
@@ -386,15 +415,19 @@ def objective(params: dict, denoise: DenoiseFn, y, mask, key, u0, cfg: VIPaintCo
         y, mask: ``[B, H, W, C]``, ``[B, H, W, 1]``.
         key: PRNG key of this iteration.
         u0: ``[B]`` stratification offsets in [0, 1) of this iteration.
+        render, target: Optional: L_rec is taken on ``render(x̂₀)`` against ``target`` = (pixel
+            observation, pixel mask) ``[B, ...]`` instead of on x̂₀ against (y, mask) — the
+            reconstruction loss on decoded pixels of latent VIPaint (docs/LATENT.md).
     """
     m = cfg.num_mc
     rows = _rows(params, m)
-    y_rows, mask_rows = jnp.repeat(y, m, axis=0), jnp.repeat(mask, m, axis=0)
+    ty, tmask = _rec_target(y, mask, target)
+    y_rows, mask_rows = jnp.repeat(ty, m, axis=0), jnp.repeat(tmask, m, axis=0)
     k_chain, k_prior = jax.random.split(key)
     x1, x_top, s_top, kl = sample_chain(denoise, rows, k_chain, cfg)
     n = x1.shape[0]
     x0_hat = denoise(x1, jnp.full((n,), cfg.sigmas[-1], jnp.float32))
-    rec = rec_loss(x0_hat, y_rows, mask_rows, cfg)
+    rec = rec_loss(_render(render, x0_hat), y_rows, mask_rows, cfg)
 
     # Prior loss (§4.3): one stratified interval per sample of an image.
     schedule = cfg.schedule
@@ -457,11 +490,21 @@ def _clamp(params: dict, cfg: VIPaintConfig) -> dict:
     return out
 
 
-def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, labels=None):
+def fit(
+    denoise: DenoiseFn,
+    y,
+    mask,
+    key,
+    cfg: VIPaintConfig,
+    labels=None,
+    render: Renderer | None = None,
+    target=None,
+):
     """Fit one posterior per image (§5): ``cfg.num_iters`` Adam steps in one ``lax.scan``.
 
     ``labels`` (optional, ``[B, label_dim]``): the images' classes; the denoiser is then called as
-    ``denoise(x, sigma, labels_rows)`` on the fit's B·M rows.
+    ``denoise(x, sigma, labels_rows)`` on the fit's B·M rows. ``render``, ``target``: the
+    reconstruction loss on rendered pixels (:func:`objective`).
 
     Returns:
         (params, history) with ``history['loss']`` etc. ``[num_iters, B]`` (mean over samples).
@@ -481,7 +524,7 @@ def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, labels=None):
         k_obj, k_u = jax.random.split(k_it)
         u0 = jax.random.uniform(k_u, (b,), jnp.float32)
         (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, den, y, mask, k_obj, u0, cfg
+            params, den, y, mask, k_obj, u0, cfg, render, target
         )
         with jax.numpy_dtype_promotion("standard"):  # optax: float ** int32 count
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -501,12 +544,15 @@ def fit(denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, labels=None):
 # Sampling: the chain, then gradient-guided refinement (§6.3)
 
 
-def refine(denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig) -> jax.Array:
+def refine(
+    denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig, render: Renderer | None = None
+) -> jax.Array:
     """From x at σ_1 down the grid r_0 = σ_1 > … > r_N = σ_min, then D(x; σ_min).
 
     ``cfg.refine_steps`` = N steps (default 100; the official length is 400,
     :data:`OFFICIAL_REFINE_STEPS`). Step i: x̂₀ = D(x; r_i) under ``jax.vjp``;
-    g = ∇_x Σ_rows L_rec(x̂₀) (:func:`rec_loss`, with its LPIPS term; per-sample gradients);
+    g = ∇_x Σ_rows L_rec(x̂₀) (:func:`rec_loss`, with its LPIPS term; per-sample gradients;
+    with ``render``, L_rec(render(x̂₀)) against the pixel rows ``y``, ``mask``);
     x' = x̂₀ + √(r_{i+1}² − c_i²)·ε̂ + c_i·n with c_i = η_ref·r_{i+1}·√(1 − r_{i+1}²/r_i²) (no
     c_i·n with ``refine_noise=False``); x ← x' − ζ_eff·(σ_data² + r_i²)·g.
     """
@@ -515,7 +561,7 @@ def refine(denoise: DenoiseFn, x, y, mask, key, cfg: VIPaintConfig) -> jax.Array
     grid = below.sigmas(cfg.refine_steps + 1)[:-1]
 
     def rec_sum(x0_hat):  # L1 and, with rec_lpips_weight > 0, LPIPS: g carries both gradients
-        return jnp.sum(rec_loss(x0_hat, y, mask, cfg))
+        return jnp.sum(rec_loss(_render(render, x0_hat), y, mask, cfg))
 
     def step(x, xs):
         i, r, r_next = xs
@@ -543,11 +589,14 @@ def sample(
     cfg: VIPaintConfig,
     num_samples: int,
     labels=None,
+    render: Renderer | None = None,
+    target=None,
 ):
     """S samples per fitted posterior: the chain without gradients, then :func:`refine`.
 
     ``labels`` (optional, ``[B, label_dim]``): the images' classes, repeated to the B·S rows of
-    every denoiser call (``denoise(x, sigma, labels_rows)``).
+    every denoiser call (``denoise(x, sigma, labels_rows)``). ``render``, ``target``: the
+    refinement's reconstruction loss on rendered pixels (:func:`objective`).
 
     Returns:
         ``[B, S, H, W, C]`` raw samples (not pasted back).
@@ -559,20 +608,30 @@ def sample(
     rows = _rows(jax.lax.stop_gradient(params), num_samples)
     k_chain, k_ref = jax.random.split(key)
     x1, _, _, _ = sample_chain(denoise, rows, k_chain, cfg)
-    y_rows = jnp.repeat(y, num_samples, axis=0)
-    mask_rows = jnp.repeat(mask, num_samples, axis=0)
-    out = refine(denoise, x1, y_rows, mask_rows, k_ref, cfg)
+    ty, tmask = _rec_target(y, mask, target)
+    y_rows = jnp.repeat(ty, num_samples, axis=0)
+    mask_rows = jnp.repeat(tmask, num_samples, axis=0)
+    out = refine(denoise, x1, y_rows, mask_rows, k_ref, cfg, render)
     return out.reshape((b, num_samples) + y.shape[1:])
 
 
 def fit_and_sample(
-    denoise: DenoiseFn, y, mask, key, cfg: VIPaintConfig, num_samples: int = 1, labels=None
+    denoise: DenoiseFn,
+    y,
+    mask,
+    key,
+    cfg: VIPaintConfig,
+    num_samples: int = 1,
+    labels=None,
+    render: Renderer | None = None,
+    target=None,
 ):
-    """:func:`fit`, then :func:`sample` (both with ``labels``, ``[B, label_dim]`` or None);
-    returns (samples ``[B, S, ...]``, params, history)."""
+    """:func:`fit`, then :func:`sample` (both with ``labels``, ``[B, label_dim]`` or None, and
+    the optional ``render``/``target`` of :func:`objective`); returns (samples ``[B, S, ...]``,
+    params, history)."""
     k_fit, k_sample = jax.random.split(key)
-    params, history = fit(denoise, y, mask, k_fit, cfg, labels=labels)
-    samples = sample(denoise, params, y, mask, k_sample, cfg, num_samples, labels=labels)
+    params, history = fit(denoise, y, mask, k_fit, cfg, labels, render, target)
+    samples = sample(denoise, params, y, mask, k_sample, cfg, num_samples, labels, render, target)
     return samples, params, history
 
 
