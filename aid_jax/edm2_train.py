@@ -204,7 +204,7 @@ def make_trainer(config, mesh: jax.sharding.Mesh) -> train_loop.Trainer:
     def on_step(step, state, writer):
         every = int(config.train.sample_every)
         if every and step % every == 0:
-            z = draw(bake_jit(state["ema"]), noise * 80.0)
+            z = draw(bake_jit(state["ema"]), noise)  # unit noise: the sampler scales by σ_max
             x = 2.0 * np.asarray(vae.decode(z)) - 1.0
             train_loop.save_grid(writer, step, "samples", images.grid(images.to_uint8(x)))
 

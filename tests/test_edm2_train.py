@@ -97,9 +97,18 @@ def test_loss_matches_float64_numpy():
     np.testing.assert_allclose(float(metrics["edm_loss"]), lam * err.mean(), rtol=1e-4)
 
 
-def test_training_steps_and_export(tmp_path):
+def test_training_steps_and_export(tmp_path, monkeypatch):
     config = smoke_config(tiny_vae(tmp_path / "vae"))
+    seen = []  # the sample grids' starting latents: unit noise (the sampler scales by σ_max)
+    make_sampler = loader.make_sampler
+
+    def spy(*args, **kwargs):
+        draw = make_sampler(*args, **kwargs)
+        return lambda params, latents: seen.append(float(jnp.std(latents))) or draw(params, latents)
+
+    monkeypatch.setattr(loader, "make_sampler", spy)
     out = train_loop.run(edm2_train.make_trainer(config, sharding.make_mesh()), tmp_path / "run")
+    assert seen and all(0.7 < s < 1.3 for s in seen), seen
     assert out["step"] == 4
     for path, w in jax.tree_util.tree_leaves_with_path(out["state"]["params"]):
         if path[-1].key == "weight":
