@@ -124,6 +124,7 @@ def test_baseline_table_ranks_per_budget(tmp_path):
     _job(tmp_path, "half", "pigdm_nfe10", "pigdm", 10, 10, base + 0.02, 6.0)
     _job(tmp_path, "half", "ddnm_nfe50", "ddnm", 50, 0, base - 0.05, 3.0)
     _job(tmp_path, "half", "dps_nfe50", "dps", 50, 50, base - 0.05 + rng.normal(0, 0.01, N), 4)
+    _job(tmp_path, "half", "vipaint_nfe50", "vipaint", 48, 48, base + 0.1, 9.0)  # 50 only
     _job(tmp_path, "half", "aid_nfe10", "aid", 10, 0, base - 0.1, 2.0)  # not a baseline
     tab = baseline_table.table(aid_target.load_jobs([tmp_path]))
     assert set(tab["half"]) == {10, 50} and "aid" not in tab["half"][10]
@@ -131,6 +132,7 @@ def test_baseline_table_ranks_per_budget(tmp_path):
     text = baseline_table.markdown(tab, ["half", "strokes"])
     assert "| pigdm | 0.2" in text and "/ 6.0 (10+10) | — |" in text
     assert "(identical outputs)" in text
+    assert "| vipaint | — | 0." in text and "/ 9.0 (48+48) |" in text
     r50 = baseline_table.ranking(tab["half"][50])
     assert {r50["best"], r50["runner_up"]} == {"ddnm", "dps"}
     assert r50["delta"]["lo"] < 0 < r50["delta"]["hi"]  # noise of 0.01 per image: a tie
